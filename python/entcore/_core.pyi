@@ -1,0 +1,80 @@
+"""Type stubs of the compiled Rust core (``rust/py``). Private: use ``entcore`` and its modules.
+
+Arrays are C-contiguous. Float inputs come with a kind tag: ``"f32"`` (float32), ``"f64"``
+(float64), ``"f16"`` / ``"bf16"`` (the raw 16-bit patterns as a ``uint16`` array). Errors are
+``ValueError`` (bad values, shapes) and ``TypeError`` (dtypes), naming the argument.
+"""
+
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatKind = Literal["f32", "f64", "f16", "bf16"]
+
+__version__: str
+
+def token_stats(
+    logits: NDArray[np.float32] | NDArray[np.float64] | NDArray[np.uint16],
+    kind: FloatKind,
+    labels: NDArray[np.int64] | None,
+    temperature: float,
+    temperatures: NDArray[np.float64] | None,
+    ignore_index: int | None,
+    collision: bool,
+    lse: bool,
+    propagate_nan: bool,
+) -> tuple[
+    NDArray[np.float32] | None,
+    NDArray[np.float32],
+    NDArray[np.float32] | None,
+    NDArray[np.float32] | None,
+]:
+    """Fused pass over ``logits (N, V)``: ``(logprob (N, K), entropy (N,), collision (N,), lse (N,))``.
+
+    ``labels (N, K)``; unrequested outputs are ``None``. ``temperatures (N,)`` overrides
+    ``temperature`` when given.
+    """
+
+def renyi_entropy(
+    logits: NDArray[np.float32] | NDArray[np.float64] | NDArray[np.uint16],
+    kind: FloatKind,
+    alpha: float,
+    temperature: float,
+    temperatures: NDArray[np.float64] | None,
+    propagate_nan: bool,
+) -> NDArray[np.float32]:
+    """Rényi entropy of order ``alpha != 1`` per row of ``logits (N, V)``."""
+
+def topk_entropy(
+    topk_logprobs: NDArray[np.float64],
+    vocab_size: int,
+    mode: Literal["estimate", "lower", "upper", "truncated", "bucket", "renormalized"],
+) -> NDArray[np.float32]:
+    """Top-k entropy convention per row of ``topk_logprobs (N, k)``; ``vocab_size=-1``: unknown."""
+
+def token_logprob_entropy_linear(
+    hidden: NDArray[np.float32] | NDArray[np.float64],
+    weight: NDArray[np.float32] | NDArray[np.float64],
+    bias: NDArray[np.float32] | NDArray[np.float64] | None,
+    labels: NDArray[np.int64],
+    temperature: float,
+    ignore_index: int | None,
+    collision: bool,
+) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32] | None]:
+    """``(logprob, entropy, collision)`` of ``softmax((hidden @ weight.T + bias) / T)`` by tiles."""
+
+def set_num_threads(n: int) -> None:
+    """Size of entcore's own thread pool (``n >= 1``)."""
+
+def get_num_threads() -> int:
+    """Current size of entcore's thread pool."""
+
+def simd_level() -> Literal["avx512", "avx2", "scalar"]:
+    """The instruction set the kernels dispatch to."""
+
+def set_simd_level(level: Literal["auto", "avx512", "avx2", "scalar"]) -> None:
+    """Force a kernel family (tests); ``ValueError`` if this CPU lacks it."""
+
+def supported_simd_levels() -> list[str]:
+    """The kernel families this CPU can run, best first."""

@@ -1,0 +1,12 @@
+//! Pure-Rust kernels on slices: no Python, testable with `cargo test --no-default-features`.
+
+pub mod dtype;
+pub mod error;
+pub mod linear;
+pub mod pool;
+pub mod renyi;
+pub mod simd;
+pub mod state;
+pub mod tile;
+pub mod token;
+pub mod topk;

@@ -13,6 +13,7 @@ Names and defaults match ``entcore.reference.token`` (float64 oracle) and ``entc
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -265,7 +266,7 @@ def _logits_2d(logits: Any) -> tuple[np.ndarray, str, int, int, tuple[int, ...]]
     if vocab < 1:
         raise ValueError(f"logits: the vocabulary (last) dimension is empty, shape {array.shape}")
     out_shape = array.shape[:-1]
-    rows = int(np.prod(out_shape, dtype=np.int64))
+    rows = math.prod(out_shape)
     return array, kind, rows, vocab, out_shape
 
 

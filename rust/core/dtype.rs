@@ -7,6 +7,9 @@ use crate::core::simd::Lanes;
 
 /// An element type of a logits row that widens exactly to f32.
 pub trait Source: Copy + Send + Sync + 'static {
+    /// `−∞` in this encoding (padding of ragged vectors).
+    const NEG_INFINITY: Self;
+
     /// Exact widening of one element.
     fn to_f32(self) -> f32;
 
@@ -18,6 +21,8 @@ pub trait Source: Copy + Send + Sync + 'static {
 }
 
 impl Source for f32 {
+    const NEG_INFINITY: Self = f32::NEG_INFINITY;
+
     #[inline(always)]
     fn to_f32(self) -> f32 {
         self
@@ -40,6 +45,8 @@ pub struct Bf16Bits(pub u16);
 pub struct F16Bits(pub u16);
 
 impl Source for Bf16Bits {
+    const NEG_INFINITY: Self = Bf16Bits(0xFF80);
+
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits((self.0 as u32) << 16)
@@ -52,6 +59,8 @@ impl Source for Bf16Bits {
 }
 
 impl Source for F16Bits {
+    const NEG_INFINITY: Self = F16Bits(0xFC00);
+
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f16::from_bits(self.0).to_f32()

@@ -2,8 +2,6 @@
 //! (`token.md` §8.2): row blocks × vocabulary tiles, each tile merged into the row state; the
 //! label logit is taken from the same tile value. A CPU oracle and convenience.
 
-use rayon::prelude::*;
-
 use crate::core::error::{Error, Result};
 use crate::core::pool;
 use crate::core::state::State;
@@ -119,23 +117,23 @@ pub fn linear_logprob_entropy<F: HeadFloat>(
             format!("expected a finite value > 0, got {t}"),
         ));
     }
-    let mut blocks: Vec<Vec<(State, f64, bool)>> = Vec::new();
-    pool::install(|| {
-        (0..rows.div_ceil(ROW_BLOCK))
-            .into_par_iter()
-            .map(|b| {
-                let lo = b * ROW_BLOCK;
-                let hi = (lo + ROW_BLOCK).min(rows);
-                head_block(
-                    &hidden[lo * dim..hi * dim],
-                    weight,
-                    bias,
-                    &args.labels[lo..hi],
-                    args,
-                )
-            })
-            .collect_into_vec(&mut blocks);
-    });
+    let blocks = pool::map_indexed(
+        rows.div_ceil(ROW_BLOCK),
+        1,
+        rows * vocab * dim.max(1),
+        || (),
+        |_, b| {
+            let lo = b * ROW_BLOCK;
+            let hi = (lo + ROW_BLOCK).min(rows);
+            head_block(
+                &hidden[lo * dim..hi * dim],
+                weight,
+                bias,
+                &args.labels[lo..hi],
+                args,
+            )
+        },
+    );
     let results: Vec<(State, f64, bool)> = blocks.into_iter().flatten().collect();
     if let Some(r) = results.iter().position(|(_, _, bad)| *bad) {
         return Err(Error::value(

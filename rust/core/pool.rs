@@ -81,3 +81,31 @@ pub fn num_threads() -> usize {
 pub fn install<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     current().install(f)
 }
+
+/// Below this many elements of work a kernel runs on the calling thread: waking the pool costs
+/// more than the work. Rows are independent, so the results are the same either way.
+pub const PARALLEL_MIN_WORK: usize = 1 << 18;
+
+/// `f(scratch, i)` for `i in 0..n`, in order, using `init()` scratch space per task of at most
+/// `chunk` items; in entcore's pool when `work` (elements touched) is large enough.
+pub fn map_indexed<T, S, I, F>(n: usize, chunk: usize, work: usize, init: I, f: F) -> Vec<T>
+where
+    T: Send,
+    I: Fn() -> S + Sync + Send,
+    F: Fn(&mut S, usize) -> T + Sync + Send,
+{
+    use rayon::prelude::*;
+    if work < PARALLEL_MIN_WORK || n <= 1 {
+        let mut scratch = init();
+        return (0..n).map(|i| f(&mut scratch, i)).collect();
+    }
+    let mut out = Vec::with_capacity(n);
+    install(|| {
+        (0..n)
+            .into_par_iter()
+            .with_max_len(chunk.max(1))
+            .map_init(&init, &f)
+            .collect_into_vec(&mut out);
+    });
+    out
+}

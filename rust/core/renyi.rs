@@ -1,7 +1,5 @@
 //! Rényi entropy of order α ≠ 1 per row (`token.md` §6), summed in float64.
 
-use rayon::prelude::*;
-
 use crate::core::error::{Error, Result};
 use crate::core::pool;
 use crate::core::token::{row_error, rows_per_task, Element, RowStatus, Temperature};
@@ -87,21 +85,19 @@ pub fn renyi_entropy<E: Element>(
     }
     let rows = logits.len() / vocab;
     temperature.validate(rows)?;
-    let mut results: Vec<(f64, RowStatus)> = Vec::with_capacity(rows);
-    pool::install(|| {
-        logits
-            .par_chunks(vocab)
-            .with_max_len(rows_per_task(vocab))
-            .enumerate()
-            .map(|(r, row)| {
-                let t = match temperature {
-                    Temperature::Scalar(t) => t,
-                    Temperature::PerRow(ts) => ts[r],
-                };
-                renyi_row(row, t, alpha)
-            })
-            .collect_into_vec(&mut results);
-    });
+    let results = pool::map_indexed(
+        rows,
+        rows_per_task(vocab),
+        logits.len(),
+        || (),
+        |_, r| {
+            let t = match temperature {
+                Temperature::Scalar(t) => t,
+                Temperature::PerRow(ts) => ts[r],
+            };
+            renyi_row(&logits[r * vocab..(r + 1) * vocab], t, alpha)
+        },
+    );
     let mut out = Vec::with_capacity(rows);
     for (r, &(value, status)) in results.iter().enumerate() {
         match status {

@@ -7,8 +7,10 @@ use crate::core::state::State;
 
 /// Vocabulary entries per tile.
 pub const TILE: usize = 2048;
-/// Independent accumulators per lane (instruction-level parallelism).
-const UNROLL: usize = 2;
+/// The widest step of `Lanes::UNROLL` vectors (16 lanes × 2).
+const MAX_STEP: usize = 32;
+/// Most accumulators per lane of any [`Lanes`].
+const MAX_UNROLL: usize = 2;
 
 /// Scratch space for one tile of scaled logits.
 pub type TileBuf = [f32; TILE];
@@ -19,9 +21,9 @@ pub struct TileResult {
     pub bad: bool,
 }
 
-/// Reduce `src` (at most [`TILE`] entries) of one row: `z' = widen(z) / t` (no division when
-/// `t == 1`), then the sums of `State` relative to the tile maximum, `exp` flushed to 0 below
-/// `EXP_FLOOR` so that `−∞` entries contribute exactly nothing.
+/// Reduce `src` (at most [`TILE`] entries) of one row: `z' = widen(z) / t`, then the sums of
+/// [`State`] relative to the tile maximum. With `t == 1` the second pass re-reads `src` (still in
+/// L1); otherwise the first pass stores `z'` in `buf` once, so each entry is divided only once.
 ///
 /// # Safety
 /// The CPU must support `L`.
@@ -32,9 +34,40 @@ pub unsafe fn reduce_tile<L: Lanes, E: Source, const Q: bool>(
     buf: &mut TileBuf,
 ) -> TileResult {
     debug_assert!(src.len() <= TILE);
+    let scale = t != 1.0;
+    let (m, bad) = if scale {
+        tile_max::<L, E, true>(src, t, buf)
+    } else {
+        tile_max::<L, E, false>(src, t, buf)
+    };
+    if bad || m == f32::NEG_INFINITY {
+        return TileResult {
+            state: State::EMPTY,
+            bad,
+        };
+    }
+    // While the second pass computes on cached data, fetch what follows this tile in memory
+    // (the next tile, or the next row): the stream would otherwise stall on DRAM.
+    let next = src.as_ptr().wrapping_add(src.len()) as *const u8;
+    let next_step = std::mem::size_of::<E>();
+    let state = if scale {
+        tile_sums::<L, f32, Q>(&buf[..src.len()], m, next, next_step)
+    } else {
+        tile_sums::<L, E, Q>(src, m, next, next_step)
+    };
+    TileResult { state, bad: false }
+}
+
+/// First pass: the maximum of `z'` and whether any entry is NaN or +inf; with `STORE`, `z' = z/t`
+/// is also written to `buf`.
+#[inline(always)]
+unsafe fn tile_max<L: Lanes, E: Source, const STORE: bool>(
+    src: &[E],
+    t: f32,
+    buf: &mut TileBuf,
+) -> (f32, bool) {
     let n = src.len();
     let width = L::WIDTH;
-    let scale = t != 1.0;
     let tv = L::splat(t);
     let mut vmax = L::splat(f32::NEG_INFINITY);
     let mut flag = L::flag_none();
@@ -42,56 +75,61 @@ pub unsafe fn reduce_tile<L: Lanes, E: Source, const Q: bool>(
     let mut i = 0;
     while i < full {
         let mut x = E::load::<L>(src.as_ptr().add(i));
-        if scale {
+        if STORE {
             x = L::div(x, tv);
+            L::store(buf.as_mut_ptr().add(i), x);
         }
         flag = L::flag_bad(flag, x);
         vmax = L::max(vmax, x);
-        L::store(buf.as_mut_ptr().add(i), x);
         i += width;
     }
     let mut bad = L::flag_any(flag);
     let mut m = L::hmax(vmax);
     for j in full..n {
         let mut x = src[j].to_f32();
-        if scale {
+        if STORE {
             x /= t;
+            buf[j] = x;
         }
         bad |= x.is_nan() || x == f32::INFINITY;
         if x > m {
             m = x;
         }
-        buf[j] = x;
     }
-    if bad || m == f32::NEG_INFINITY {
-        return TileResult {
-            state: State::EMPTY,
-            bad,
-        };
-    }
-    let step = width * UNROLL;
-    let padded = n.div_ceil(step) * step;
-    buf[n..padded].fill(f32::NEG_INFINITY);
+    (m, bad)
+}
 
+/// Second pass: `s, w, q` relative to the finite maximum `m`. Entry `i` always lands in lane
+/// `i % WIDTH` of accumulator `(i / WIDTH) % UNROLL`; the ragged end is padded with `−∞`.
+/// Step `i` also prefetches `next + i · next_step` bytes ahead.
+/// Arguments are clamped at `EXP_FLOOR`, where `2^n` underflows to exactly 0, so `−∞` entries add
+/// exactly nothing to any sum.
+#[inline(always)]
+unsafe fn tile_sums<L: Lanes, S: Source, const Q: bool>(
+    src: &[S],
+    m: f32,
+    next: *const u8,
+    next_step: usize,
+) -> State {
+    let step = L::WIDTH * L::UNROLL;
     let mv = L::splat(m);
     let floor = L::splat(EXP_FLOOR);
     let zero = L::splat(0.0);
-    let mut s = [zero; UNROLL];
-    let mut w = [zero; UNROLL];
-    let mut q = [zero; UNROLL];
+    let mut s = [zero; MAX_UNROLL];
+    let mut w = [zero; MAX_UNROLL];
+    let mut q = [zero; MAX_UNROLL];
+    let n = src.len();
+    let full = n / step * step;
     let mut i = 0;
-    while i < padded {
-        for u in 0..UNROLL {
-            let x = L::sub(L::load_f32(buf.as_ptr().add(i + u * width)), mv);
-            let xc = L::max(x, floor);
-            let e = L::keep_at_least(x, floor, L::exp_nonpositive(xc));
-            s[u] = L::add(s[u], e);
-            w[u] = L::fmadd(xc, e, w[u]);
-            if Q {
-                q[u] = L::fmadd(e, e, q[u]);
-            }
-        }
+    while i < full {
+        L::prefetch(next.wrapping_add(i * next_step));
+        accumulate::<L, S, Q>(src.as_ptr().add(i), mv, floor, &mut s, &mut w, &mut q);
         i += step;
+    }
+    if full < n {
+        let mut pad = [S::NEG_INFINITY; MAX_STEP];
+        pad[..n - full].copy_from_slice(&src[full..]);
+        accumulate::<L, S, Q>(pad.as_ptr(), mv, floor, &mut s, &mut w, &mut q);
     }
     let mut state = State {
         m: m as f64,
@@ -99,14 +137,14 @@ pub unsafe fn reduce_tile<L: Lanes, E: Source, const Q: bool>(
         w: 0.0,
         q: 0.0,
     };
-    for u in 0..UNROLL {
+    for u in 0..L::UNROLL {
         state.s += L::hsum(s[u]);
         state.w += L::hsum(w[u]);
         if Q {
             state.q += L::hsum(q[u]);
         }
     }
-    TileResult { state, bad: false }
+    state
 }
 
 /// A whole row, tile by tile. Returns the state and whether NaN or +inf was seen.
@@ -168,4 +206,25 @@ pub fn reduce_row_f64(row: &[f64], t: f64, collision: bool) -> TileResult {
         state = state.merge(part);
     }
     TileResult { state, bad: false }
+}
+
+/// One step of `L::UNROLL` vectors from `p` into the accumulators.
+#[inline(always)]
+unsafe fn accumulate<L: Lanes, S: Source, const Q: bool>(
+    p: *const S,
+    m: L::V,
+    floor: L::V,
+    s: &mut [L::V; MAX_UNROLL],
+    w: &mut [L::V; MAX_UNROLL],
+    q: &mut [L::V; MAX_UNROLL],
+) {
+    for u in 0..L::UNROLL {
+        let x = L::max(L::sub(S::load::<L>(p.add(u * L::WIDTH)), m), floor);
+        let e = L::exp_nonpositive(x);
+        s[u] = L::add(s[u], e);
+        w[u] = L::fmadd(x, e, w[u]);
+        if Q {
+            q[u] = L::fmadd(e, e, q[u]);
+        }
+    }
 }

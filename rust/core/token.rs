@@ -2,8 +2,6 @@
 //! (`token.md` §2–4): rows split across entcore's pool in fixed chunks, so results are bitwise
 //! identical for any thread count.
 
-use rayon::prelude::*;
-
 use crate::core::dtype::{Bf16Bits, F16Bits, Source};
 use crate::core::error::{Error, Result};
 use crate::core::pool;
@@ -299,34 +297,28 @@ pub fn token_stats<E: Element>(logits: &[E], args: &TokenArgs<'_>) -> Result<Tok
         check_labels(labels, rows, vocab, args.ignore_index)?;
     }
     let level = simd::level();
-    let chunk = rows_per_task(vocab);
-    let mut summaries: Vec<RowSummary> = Vec::with_capacity(rows);
-    pool::install(|| {
-        (0..rows)
-            .into_par_iter()
-            .with_min_len(chunk)
-            .with_max_len(chunk)
-            .map_init(
-                || Box::new([0f32; TILE]),
-                |buf, r| {
-                    let row = &logits[r * vocab..(r + 1) * vocab];
-                    let t = args.temperature.of_row(r);
-                    let res = E::reduce(row, t, args.collision, level, buf);
-                    let status = if res.bad {
-                        classify_bad_row(row, t)
-                    } else if res.state.is_empty() {
-                        RowStatus::AllMasked
-                    } else {
-                        RowStatus::Ok
-                    };
-                    RowSummary {
-                        state: res.state,
-                        status,
-                    }
-                },
-            )
-            .collect_into_vec(&mut summaries);
-    });
+    let summaries = pool::map_indexed(
+        rows,
+        rows_per_task(vocab),
+        logits.len(),
+        || Box::new([0f32; TILE]),
+        |buf, r| {
+            let row = &logits[r * vocab..(r + 1) * vocab];
+            let t = args.temperature.of_row(r);
+            let res = E::reduce(row, t, args.collision, level, buf);
+            let status = if res.bad {
+                classify_bad_row(row, t)
+            } else if res.state.is_empty() {
+                RowStatus::AllMasked
+            } else {
+                RowStatus::Ok
+            };
+            RowSummary {
+                state: res.state,
+                status,
+            }
+        },
+    );
     for (r, summary) in summaries.iter().enumerate() {
         let fatal = match summary.status {
             RowStatus::Ok => false,

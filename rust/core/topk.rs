@@ -1,7 +1,5 @@
 //! Entropy bounds and estimates from the top-k log-probs of each row (`token.md` §7).
 
-use rayon::prelude::*;
-
 use crate::core::error::{Error, Result};
 use crate::core::pool;
 
@@ -131,13 +129,14 @@ pub fn topk_entropy(
         }
         _ => {}
     }
-    let mut results: Vec<std::result::Result<f64, String>> = Vec::new();
-    pool::install(|| {
-        topk_logprobs
-            .par_chunks(k)
-            .map(|row| topk_row(row, vocab, mode))
-            .collect_into_vec(&mut results);
-    });
+    let rows = topk_logprobs.len() / k;
+    let results = pool::map_indexed(
+        rows,
+        4096,
+        topk_logprobs.len(),
+        || (),
+        |_, r| topk_row(&topk_logprobs[r * k..(r + 1) * k], vocab, mode),
+    );
     results
         .into_iter()
         .enumerate()

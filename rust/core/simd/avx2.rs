@@ -11,6 +11,7 @@ pub struct Avx2;
 #[cfg(target_arch = "x86_64")]
 impl Lanes for Avx2 {
     const WIDTH: usize = 8;
+    const UNROLL: usize = 1;
     type V = __m256;
     type Flag = __m256;
 
@@ -69,10 +70,6 @@ impl Lanes for Avx2 {
         _mm256_castsi256_ps(_mm256_slli_epi32::<23>(biased))
     }
     #[inline(always)]
-    unsafe fn keep_at_least(x: __m256, limit: __m256, e: __m256) -> __m256 {
-        _mm256_and_ps(_mm256_cmp_ps::<_CMP_GE_OQ>(x, limit), e)
-    }
-    #[inline(always)]
     unsafe fn hmax(a: __m256) -> f32 {
         let mut lanes = [0f32; 8];
         _mm256_storeu_ps(lanes.as_mut_ptr(), a);
@@ -96,5 +93,9 @@ impl Lanes for Avx2 {
     #[inline(always)]
     unsafe fn flag_any(flag: __m256) -> bool {
         _mm256_movemask_ps(flag) != 0
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
 }

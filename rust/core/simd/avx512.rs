@@ -11,6 +11,7 @@ pub struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl Lanes for Avx512 {
     const WIDTH: usize = 16;
+    const UNROLL: usize = 2;
     type V = __m512;
     type Flag = __mmask16;
 
@@ -69,10 +70,6 @@ impl Lanes for Avx512 {
         _mm512_castsi512_ps(_mm512_slli_epi32::<23>(biased))
     }
     #[inline(always)]
-    unsafe fn keep_at_least(x: __m512, limit: __m512, e: __m512) -> __m512 {
-        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_GE_OQ>(x, limit), e)
-    }
-    #[inline(always)]
     unsafe fn hmax(a: __m512) -> f32 {
         let mut lanes = [0f32; 16];
         _mm512_storeu_ps(lanes.as_mut_ptr(), a);
@@ -95,5 +92,9 @@ impl Lanes for Avx512 {
     #[inline(always)]
     unsafe fn flag_any(flag: __mmask16) -> bool {
         flag != 0
+    }
+    #[inline(always)]
+    unsafe fn prefetch(p: *const u8) {
+        _mm_prefetch::<_MM_HINT_T0>(p as *const i8)
     }
 }

@@ -16,8 +16,10 @@ pub use avx2::Avx2;
 pub use avx512::Avx512;
 pub use scalar::Scalar;
 
-/// Lower clamp of `exp` arguments: below it `exp(x) < 1.7e-38` is flushed to exactly 0.
-pub const EXP_FLOOR: f32 = -87.0;
+/// Lower clamp of `exp` arguments. `exp_nonpositive(EXP_FLOOR)` is exactly 0 (its `2^n` factor
+/// underflows to 0 at `n = −127`), so clamped `−∞` entries add nothing; the true values flushed
+/// this way are below `e^−87.68 < 1e-38`.
+pub const EXP_FLOOR: f32 = -88.0;
 
 /// The operations a kernel needs on a vector of `WIDTH` f32 lanes.
 ///
@@ -28,6 +30,8 @@ pub const EXP_FLOOR: f32 = -87.0;
 #[allow(clippy::missing_safety_doc)] // one Safety section above covers every method
 pub trait Lanes: Copy {
     const WIDTH: usize;
+    /// Independent accumulators per lane (more only where registers allow).
+    const UNROLL: usize;
     type V: Copy;
     /// Accumulated "some lane was NaN or +inf".
     type Flag: Copy;
@@ -47,10 +51,8 @@ pub trait Lanes: Copy {
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
     /// Round to nearest, ties to even.
     unsafe fn round(a: Self::V) -> Self::V;
-    /// `2^n` for integral `n` in `[-126, 127]`.
+    /// `2^n` for integral `n` in `[-127, 127]`; `n = −127` gives exactly 0.
     unsafe fn pow2i(n: Self::V) -> Self::V;
-    /// `e` where `x >= limit`, else 0.
-    unsafe fn keep_at_least(x: Self::V, limit: Self::V, e: Self::V) -> Self::V;
     unsafe fn hmax(a: Self::V) -> f32;
     /// Sum of the lanes in lane order, in f64.
     unsafe fn hsum(a: Self::V) -> f64;
@@ -58,14 +60,17 @@ pub trait Lanes: Copy {
     /// Record lanes that are NaN or +inf.
     unsafe fn flag_bad(flag: Self::Flag, x: Self::V) -> Self::Flag;
     unsafe fn flag_any(flag: Self::Flag) -> bool;
+    /// Hint that the cache line at `p` will be read soon (never faults).
+    unsafe fn prefetch(p: *const u8);
 
-    /// `exp(x)` for `x` in `[EXP_FLOOR, 0]` (relative error about 2 ulp): Cody-Waite reduction
-    /// `x = n ln2 + r`, a degree-6 polynomial on `|r| <= ln2/2` (Cephes `expf`), times `2^n`.
+    /// `exp(x)` for `x` in `[EXP_FLOOR, 0]` (relative error about 2 ulp, exactly 0 for
+    /// `x < −87.68`, exactly 1 at 0): `x = n ln2 + r` with one-constant reduction (its error
+    /// `n · 1.9e-9` only touches terms below `2^−n`), the Cephes `expf` polynomial on
+    /// `|r| ≤ ln2/2`, times `2^n`.
     #[inline(always)]
     unsafe fn exp_nonpositive(x: Self::V) -> Self::V {
         let n = Self::round(Self::mul(x, Self::splat(std::f32::consts::LOG2_E)));
-        let r = Self::fmadd(n, Self::splat(-0.693_359_4), x);
-        let r = Self::fmadd(n, Self::splat(2.121_944_4e-4), r);
+        let r = Self::fmadd(n, Self::splat(-std::f32::consts::LN_2), x);
         let mut p = Self::splat(1.987_569_1e-4);
         p = Self::fmadd(p, r, Self::splat(1.398_199_9e-3));
         p = Self::fmadd(p, r, Self::splat(8.333_452e-3));

@@ -9,6 +9,7 @@ pub struct Scalar;
 
 impl Lanes for Scalar {
     const WIDTH: usize = 1;
+    const UNROLL: usize = 2;
     type V = f32;
     type Flag = bool;
 
@@ -69,14 +70,6 @@ impl Lanes for Scalar {
         f32::from_bits(((n as i32 + 127) as u32) << 23)
     }
     #[inline(always)]
-    unsafe fn keep_at_least(x: f32, limit: f32, e: f32) -> f32 {
-        if x >= limit {
-            e
-        } else {
-            0.0
-        }
-    }
-    #[inline(always)]
     unsafe fn hmax(a: f32) -> f32 {
         a
     }
@@ -96,4 +89,6 @@ impl Lanes for Scalar {
     unsafe fn flag_any(flag: bool) -> bool {
         flag
     }
+    #[inline(always)]
+    unsafe fn prefetch(_p: *const u8) {}
 }

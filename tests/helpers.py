@@ -17,5 +17,7 @@ def require_torch():
     except ImportError:
         if TORCH_REQUIRED:
             raise
-        pytest.skip("torch is not installed (set ENTCORE_REQUIRE_TORCH=1 to make this an error)",
-                    allow_module_level=True)
+        pytest.skip(
+            "torch is not installed (set ENTCORE_REQUIRE_TORCH=1 to make this an error)",
+            allow_module_level=True,
+        )

@@ -1,4 +1,4 @@
-"""Input checks and dtype plumbing shared by the NumPy faces (``conventions.md``, Inputs and errors).
+"""Input checks and dtype plumbing of the NumPy faces (``conventions.md``, Inputs and errors).
 
 Half-precision arrays reach the Rust core as their raw 16-bit patterns (a zero-copy ``uint16``
 view) together with a kind tag, so that no float32 copy of a large input is ever made.
@@ -39,7 +39,9 @@ def as_core_float(name: str, x: Any, *, min_ndim: int = 1) -> tuple[np.ndarray, 
     array = _as_array(name, x)
     kind = float_kind(name, array)
     if array.ndim < min_ndim:
-        raise ValueError(f"{name}: expected at least {min_ndim} dimension(s), got shape {array.shape}")
+        raise ValueError(
+            f"{name}: expected at least {min_ndim} dimension(s), got shape {array.shape}"
+        )
     array = np.ascontiguousarray(array)
     if kind in ("f16", "bf16"):
         array = array.view(np.uint16)
@@ -54,7 +56,9 @@ def as_index_array(name: str, x: Any) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64).reshape(array.shape)
 
 
-def row_temperatures(temperature: Any, row_shape: tuple[int, ...]) -> tuple[float, np.ndarray | None]:
+def row_temperatures(
+    temperature: Any, row_shape: tuple[int, ...]
+) -> tuple[float, np.ndarray | None]:
     """Split ``temperature`` into a scalar or a flat float64 array with one value per row.
 
     Every value must be finite and > 0 (``token.md`` §1, Decision: raise instead of clamping).

@@ -30,7 +30,7 @@ def token_stats(
     NDArray[np.float32] | None,
     NDArray[np.float32] | None,
 ]:
-    """Fused pass over ``logits (N, V)``: ``(logprob (N, K), entropy (N,), collision (N,), lse (N,))``.
+    """The fused pass over ``logits (N, V)``: ``(logprob (N·K,), entropy, collision, lse)``.
 
     ``labels (N, K)``; unrequested outputs are ``None``. ``temperatures (N,)`` overrides
     ``temperature`` when given.

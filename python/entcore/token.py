@@ -98,7 +98,8 @@ def token_logprob_entropy(
     """``(logprob, entropy[, collision])`` from one pass over ``logits``.
 
     ``logprob`` as :func:`token_logprob`, ``entropy`` as :func:`token_entropy`, and with
-    ``return_collision=True`` the collision probability ``Σ_j p_j²`` (:func:`collision_probability`).
+    ``return_collision=True`` the collision probability ``Σ_j p_j²``
+    (:func:`collision_probability`).
 
     Spec: ``token.md`` §2; replaces verl's ``entropy_from_logits`` + ``logprobs_from_logits`` and
     TRL's ``entropy_from_logits`` + ``selective_log_softmax`` (``token.md`` §9).
@@ -125,9 +126,10 @@ def renyi_entropy(
 ) -> np.ndarray:
     """Rényi entropy ``H_α = (LSE(α z') − α LSE(z')) / (1 − α)`` in nats, ``α ∈ [0, ∞]``.
 
-    ``α = 0``: ``log V_fin``; ``α = 1``: Shannon; ``α = 2``: ``−log Σp²``; ``α = ∞``: min-entropy
-    ``LSE(z') − max z'``. For ``0 < |α − 1| < 1e-4`` the expansion ``H − (α−1) Var_p(z')/2`` is used.
-    Sums run in float64. Rényi, "On measures of entropy and information" (1961). Spec: ``token.md`` §6.
+    ``α = 0``: ``log V_fin``; ``α = 1``: Shannon; ``α = 2``: ``−log Σp²``; ``α = ∞``:
+    min-entropy ``LSE(z') − max z'``. For ``0 < |α − 1| < 1e-4`` the expansion
+    ``H − (α−1) Var_p(z')/2`` is used. Sums run in float64.
+    Rényi, "On measures of entropy and information" (1961). Spec: ``token.md`` §6.
     """
     alpha = float(alpha)
     if not (alpha >= 0):
@@ -137,9 +139,7 @@ def renyi_entropy(
     array, kind, rows, vocab, out_shape = _logits_2d(logits)
     temp, temps = row_temperatures(temperature, out_shape)
     propagate = check_nan_policy(nan_policy)
-    result = _core.renyi_entropy(
-        array.reshape(rows, vocab), kind, alpha, temp, temps, propagate
-    )
+    result = _core.renyi_entropy(array.reshape(rows, vocab), kind, alpha, temp, temps, propagate)
     return result.reshape(out_shape)
 
 
@@ -224,7 +224,7 @@ def _token_pass(
     nan_policy: str,
     lse: bool = False,
 ) -> tuple[Any, ...]:
-    """Run the fused pass; returns ``(logprob, entropy, collision, lse)`` with unrequested ones None."""
+    """The fused pass: ``(logprob, entropy, collision, lse)``, ``None`` where not requested."""
     array, kind, rows, vocab, out_shape = _logits_2d(logits)
     temp, temps = row_temperatures(temperature, out_shape)
     propagate = check_nan_policy(nan_policy)

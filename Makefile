@@ -1,0 +1,45 @@
+# The everyday commands. `make demo` and `make test` work on a fresh machine: they create (or
+# reuse) the virtual environment in $(VENV), install entcore with its extras (torch from PyPI
+# included) and build the Rust core in release mode.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+STAMP := $(VENV)/.entcore-deps
+export PYO3_PYTHON := $(abspath $(PY))
+
+.PHONY: demo test setup build lint test-rust test-python bench
+
+demo: build
+	$(VENV)/bin/entcore demo
+
+test: build lint test-rust test-python
+
+# The environment and the build tool, made once; `maturin develop` installs the package's
+# dependencies and extras (torch from PyPI included) and skips what is already there.
+$(STAMP):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "maturin>=1.9,<2"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The Rust core, release mode, installed into the environment (cargo rebuilds only what changed).
+build: setup
+	$(VENV)/bin/maturin develop --release --quiet --extras torch,dev
+
+lint: setup
+	cargo fmt --check
+	cargo clippy --release --all-targets --locked -- -D warnings
+	$(VENV)/bin/ruff check python tests benchmarks
+	$(VENV)/bin/ruff format --check python tests benchmarks
+
+test-rust:
+	cargo test --release --locked --no-default-features
+
+test-python: build
+	ENTCORE_REQUIRE_TORCH=1 $(PY) -m pytest
+
+bench: build
+	$(PY) benchmarks/cpu_token.py

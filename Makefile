@@ -27,13 +27,13 @@ setup: $(STAMP)
 
 # The Rust core, release mode, installed into the environment (cargo rebuilds only what changed).
 build: setup
-	$(VENV)/bin/maturin develop --release --quiet --extras torch,dev
+	$(VENV)/bin/maturin develop --release --locked --quiet --extras torch,dev
 
 lint: setup
 	cargo fmt --check
 	cargo clippy --release --all-targets --locked -- -D warnings
-	$(VENV)/bin/ruff check python tests benchmarks
-	$(VENV)/bin/ruff format --check python tests benchmarks
+	$(VENV)/bin/ruff check python tests benchmarks examples
+	$(VENV)/bin/ruff format --check python tests benchmarks examples
 
 test-rust:
 	cargo test --release --locked --no-default-features

@@ -2,6 +2,7 @@
 //! around every kernel, and [`crate::core::error::Error`] mapped to Python exceptions.
 
 mod errors;
+mod select;
 mod system;
 mod token;
 
@@ -11,6 +12,7 @@ use pyo3::prelude::*;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     token::register(m)?;
+    select::register(m)?;
     system::register(m)?;
     Ok(())
 }

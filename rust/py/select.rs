@@ -1,0 +1,54 @@
+//! Bindings of the exact selections (`rollout.md` §3).
+
+use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
+use pyo3::prelude::*;
+
+use super::errors::{to_py, value_error};
+use crate::core::select::{high_entropy_select as select_kernel, Method};
+
+type SelectResult<'py> = (Bound<'py, PyArray1<bool>>, f64, usize, usize);
+
+/// `(mask, threshold, kept, valid)` for one unit of float32 entropies.
+#[pyfunction]
+#[pyo3(signature = (values, valid, rho, method, omit_nan))]
+fn high_entropy_select<'py>(
+    py: Python<'py>,
+    values: PyReadonlyArray1<'py, f32>,
+    valid: Option<PyReadonlyArray1<'py, bool>>,
+    rho: f64,
+    method: &str,
+    omit_nan: bool,
+) -> PyResult<SelectResult<'py>> {
+    let method = Method::from_name(method).ok_or_else(|| {
+        value_error(
+            "method",
+            format!("expected linear, lower, nearest or topk, got {method:?}"),
+        )
+    })?;
+    let contiguous = |name: &'static str| move |_| value_error(name, "expected a contiguous array");
+    let values = values.as_slice().map_err(contiguous("entropy"))?;
+    let valid_slice = match &valid {
+        Some(v) => Some(v.as_slice().map_err(contiguous("mask"))?),
+        None => None,
+    };
+    // bool is one byte holding 0 or 1: read it as u8 without a copy.
+    let valid_bytes: Option<&[u8]> = valid_slice
+        .map(|v| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) });
+    let out = PyArray1::<bool>::zeros(py, values.len(), false);
+    let selection = {
+        let mut out_rw = out.readwrite();
+        let out_bools = out_rw.as_slice_mut().expect("a new array is contiguous");
+        // SAFETY: the kernel writes only 0 or 1, which are valid bools.
+        let out_bytes = unsafe {
+            std::slice::from_raw_parts_mut(out_bools.as_mut_ptr() as *mut u8, out_bools.len())
+        };
+        py.detach(|| select_kernel(values, valid_bytes, rho, method, omit_nan, out_bytes))
+            .map_err(to_py)?
+    };
+    Ok((out, selection.threshold, selection.kept, selection.valid))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(high_entropy_select, m)?)?;
+    Ok(())
+}

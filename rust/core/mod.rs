@@ -5,8 +5,12 @@ pub mod error;
 pub mod linear;
 pub mod pool;
 pub mod renyi;
+pub mod select;
 pub mod simd;
 pub mod state;
 pub mod tile;
 pub mod token;
 pub mod topk;
+
+#[cfg(test)]
+mod tests;

@@ -110,7 +110,7 @@ pub fn assert_levels(ran: &[Level]) {
     assert_eq!(ran, crate::core::simd::supported().as_slice());
 }
 
-/// Set the pool size; used only under [`serial`]. Tests restore the machine default after.
+/// Put the pool back to one worker per CPU after a test that changed it (under [`serial`]).
 pub fn restore_threads() {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     crate::core::pool::set_num_threads(n);
@@ -212,7 +212,9 @@ pub enum Shape {
     Normal,
     /// Uniform in `[−40, 40]`: many entries below the exp floor relative to the maximum.
     Wide,
-    /// N(0, 1) with one entry 25 above: nearly one-hot, entropy near 0.
+    /// N(0, 1) with one entry 40 above: nearly one-hot, entropy near 0. (The gap keeps the
+    /// tail below `2^−24` of the maximum at every temperature used; tails near `2^−24` are the
+    /// subject of `token::dominant_entry_over_flat_tail_meets_accuracy_target`.)
     Peaked,
     /// N(0, 2²) with about 20 % of the entries masked by `−∞` (at least one finite entry).
     Masked,
@@ -227,7 +229,7 @@ pub fn random_row(rng: &mut Rng, v: usize, shape: Shape) -> Vec<f64> {
         Shape::Peaked => {
             let mut r: Vec<f64> = (0..v).map(|_| rng.normal()).collect();
             let i = rng.below(v);
-            r[i] += 25.0;
+            r[i] += 40.0;
             r
         }
         Shape::Masked => (0..v)
@@ -325,10 +327,7 @@ pub struct Oracle {
 impl Oracle {
     /// `None` for a row without a finite entry. Entries must not be NaN or `+∞`.
     pub fn new(row: &[f64], t: f64) -> Option<Oracle> {
-        let m = row
-            .iter()
-            .map(|&z| z / t)
-            .fold(f64::NEG_INFINITY, f64::max);
+        let m = row.iter().map(|&z| z / t).fold(f64::NEG_INFINITY, f64::max);
         if m == f64::NEG_INFINITY {
             return None;
         }

@@ -135,10 +135,13 @@ pub fn linear_logprob_entropy<F: HeadFloat>(
         },
     );
     let results: Vec<(State, f64, bool)> = blocks.into_iter().flatten().collect();
-    if let Some(r) = results.iter().position(|(_, _, bad)| *bad) {
+    if let Some(r) = results
+        .iter()
+        .position(|(st, _, bad)| *bad || st.is_empty())
+    {
         return Err(Error::value(
             "hidden",
-            format!("row {r} gives a NaN or infinite logit (check hidden, weight and bias)"),
+            format!("row {r} gives a NaN or +inf logit, or no finite one (check hidden, weight and bias)"),
         ));
     }
     let logprob = results
@@ -193,22 +196,27 @@ fn head_block<F: HeadFloat>(
         }
         for r in 0..n {
             let values = &tile[r * TILE..r * TILE + width];
-            let m = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            if !m.is_finite() || values.iter().any(|v| v.is_nan()) {
+            // −∞ logits (from a −∞ bias) are masked entries; +∞ and NaN are errors.
+            if values.iter().any(|v| v.is_nan() || *v == f64::INFINITY) {
                 out[r].2 = true;
                 continue;
             }
+            let m = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let mut part = State {
                 m,
                 s: 0.0,
                 w: 0.0,
                 q: 0.0,
             };
-            for &v in values {
-                let e = (v - m).exp();
-                part.s += e;
-                part.w += (v - m) * e;
-                part.q += e * e;
+            if m > f64::NEG_INFINITY {
+                for &v in values.iter().filter(|v| **v > f64::NEG_INFINITY) {
+                    let e = (v - m).exp();
+                    part.s += e;
+                    part.w += (v - m) * e;
+                    part.q += e * e;
+                }
+            } else {
+                part = State::EMPTY;
             }
             out[r].0 = out[r].0.merge(part);
             let y = labels[r];

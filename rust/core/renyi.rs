@@ -2,7 +2,9 @@
 
 use crate::core::error::{Error, Result};
 use crate::core::pool;
-use crate::core::token::{row_error, rows_per_task, Element, RowStatus, Temperature};
+use crate::core::token::{
+    masked_or_overflow, row_error, rows_per_task, Element, RowStatus, Temperature,
+};
 
 /// Orders closer than this to 1 use the expansion `H − (α−1) Var_p(z') / 2`.
 pub const NEAR_ONE: f64 = 1e-4;
@@ -29,7 +31,7 @@ fn renyi_row<E: Element>(row: &[E], t: f64, alpha: f64) -> (f64, RowStatus) {
         return (f64::NAN, RowStatus::Nan);
     }
     if m == f64::NEG_INFINITY {
-        return (f64::NAN, RowStatus::AllMasked);
+        return (f64::NAN, masked_or_overflow(row));
     }
     // Sums relative to the maximum; the m terms of the closed form cancel exactly.
     let (mut s, mut s_alpha, mut w, mut v, mut finite) = (0.0, 0.0, 0.0, 0.0, 0usize);
@@ -83,8 +85,14 @@ pub fn renyi_entropy<E: Element>(
             format!("expected a value in [0, inf] other than 1, got {alpha}"),
         ));
     }
+    if !logits.len().is_multiple_of(vocab) {
+        return Err(Error::value(
+            "logits",
+            format!("{} values do not form rows of {vocab}", logits.len()),
+        ));
+    }
     let rows = logits.len() / vocab;
-    temperature.validate(rows)?;
+    temperature.validate(rows, E::SCALES_IN_F32)?;
     let results = pool::map_indexed(
         rows,
         rows_per_task(vocab),

@@ -11,6 +11,10 @@ pub const TILE: usize = 2048;
 const MAX_STEP: usize = 32;
 /// Most accumulators per lane of any [`Lanes`].
 const MAX_UNROLL: usize = 2;
+/// Steps between flushes of the f32 lane sums into the f64 tile sums: a lane adds at most this
+/// many terms in f32, so terms below half an ulp of the lane's largest one (e.g. `e^−16.6`
+/// beside the maximum's `exp(0) = 1`) lose at most `FLUSH · 2⁻²⁴` relative in total.
+const FLUSH: usize = 16;
 
 /// Scratch space for one tile of scaled logits.
 pub type TileBuf = [f32; TILE];
@@ -120,30 +124,30 @@ unsafe fn tile_sums<L: Lanes, S: Source, const Q: bool>(
     let mut q = [zero; MAX_UNROLL];
     let n = src.len();
     let full = n / step * step;
-    let mut i = 0;
-    while i < full {
-        L::prefetch(next.wrapping_add(i * next_step));
-        accumulate::<L, S, Q>(src.as_ptr().add(i), mv, floor, &mut s, &mut w, &mut q);
-        i += step;
-    }
-    if full < n {
-        let mut pad = [S::NEG_INFINITY; MAX_STEP];
-        pad[..n - full].copy_from_slice(&src[full..]);
-        accumulate::<L, S, Q>(pad.as_ptr(), mv, floor, &mut s, &mut w, &mut q);
-    }
     let mut state = State {
         m: m as f64,
         s: 0.0,
         w: 0.0,
         q: 0.0,
     };
-    for u in 0..L::UNROLL {
-        state.s += L::hsum(s[u]);
-        state.w += L::hsum(w[u]);
-        if Q {
-            state.q += L::hsum(q[u]);
+    let mut i = 0;
+    let mut steps = 0;
+    while i < full {
+        L::prefetch(next.wrapping_add(i * next_step));
+        accumulate::<L, S, Q>(src.as_ptr().add(i), mv, floor, &mut s, &mut w, &mut q);
+        i += step;
+        steps += 1;
+        if steps == FLUSH {
+            flush::<L, Q>(&mut state, &mut s, &mut w, &mut q);
+            steps = 0;
         }
     }
+    if full < n {
+        let mut pad = [S::NEG_INFINITY; MAX_STEP];
+        pad[..n - full].copy_from_slice(&src[full..]);
+        accumulate::<L, S, Q>(pad.as_ptr(), mv, floor, &mut s, &mut w, &mut q);
+    }
+    flush::<L, Q>(&mut state, &mut s, &mut w, &mut q);
     state
 }
 
@@ -226,5 +230,25 @@ unsafe fn accumulate<L: Lanes, S: Source, const Q: bool>(
         if Q {
             q[u] = L::fmadd(e, e, q[u]);
         }
+    }
+}
+
+/// Add the f32 lane sums into the f64 tile sums and clear them (never a closure: closures do
+/// not inherit the caller's target features, so their lane operations would not inline).
+#[inline(always)]
+unsafe fn flush<L: Lanes, const Q: bool>(
+    state: &mut State,
+    s: &mut [L::V; MAX_UNROLL],
+    w: &mut [L::V; MAX_UNROLL],
+    q: &mut [L::V; MAX_UNROLL],
+) {
+    let zero = L::splat(0.0);
+    for u in 0..L::UNROLL {
+        state.s += L::hsum(s[u]);
+        state.w += L::hsum(w[u]);
+        if Q {
+            state.q += L::hsum(q[u]);
+        }
+        (s[u], w[u], q[u]) = (zero, zero, zero);
     }
 }

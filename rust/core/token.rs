@@ -13,6 +13,8 @@ use crate::core::tile::{reduce_row, reduce_row_f64, TileBuf, TileResult, TILE};
 
 /// A logits element type the kernels read directly.
 pub trait Element: Copy + Send + Sync + 'static {
+    /// Whether rows are scaled in f32 (`z' = f32(z) / f32(T)`), as for every kind but f64.
+    const SCALES_IN_F32: bool;
     /// Exact widening to f64.
     fn widen(self) -> f64;
     /// `z' = z / t` exactly as the kernel scales (f32 division for 32-bit and narrower kinds).
@@ -25,6 +27,7 @@ pub trait Element: Copy + Send + Sync + 'static {
 macro_rules! simd_element {
     ($ty:ty) => {
         impl Element for $ty {
+            const SCALES_IN_F32: bool = true;
             #[inline]
             fn widen(self) -> f64 {
                 self.to_f32() as f64
@@ -52,6 +55,7 @@ simd_element!(Bf16Bits);
 simd_element!(F16Bits);
 
 impl Element for f64 {
+    const SCALES_IN_F32: bool = false;
     #[inline]
     fn widen(self) -> f64 {
         self
@@ -121,9 +125,10 @@ impl Temperature<'_> {
         }
     }
 
-    /// Checks the values and, for per-row temperatures, the length.
-    pub fn validate(&self, rows: usize) -> Result<()> {
-        let ok = |t: f64| t.is_finite() && t > 0.0;
+    /// Checks the values and, for per-row temperatures, the length. With `in_f32` the values must
+    /// also be normal float32 numbers, since the kernel divides in float32.
+    pub fn validate(&self, rows: usize, in_f32: bool) -> Result<()> {
+        let ok = |t: f64| t.is_finite() && t > 0.0 && (!in_f32 || ((t as f32).is_normal()));
         match self {
             Temperature::Scalar(t) if !ok(*t) => Err(Error::value(
                 "temperature",
@@ -202,6 +207,16 @@ pub fn classify_bad_row<E: Element>(row: &[E], t: f64) -> RowStatus {
         RowStatus::Nan
     } else {
         RowStatus::Ok
+    }
+}
+
+/// A row without a finite scaled entry: masked (every logit `−∞`), or finite logits divided by
+/// a tiny temperature that overflowed to `−∞`.
+pub fn masked_or_overflow<E: Element>(row: &[E]) -> RowStatus {
+    if row.iter().any(|z| z.widen().is_finite()) {
+        RowStatus::Overflow
+    } else {
+        RowStatus::AllMasked
     }
 }
 
@@ -292,7 +307,7 @@ pub fn token_stats<E: Element>(logits: &[E], args: &TokenArgs<'_>) -> Result<Tok
         ));
     }
     let rows = logits.len() / vocab;
-    args.temperature.validate(rows)?;
+    args.temperature.validate(rows, E::SCALES_IN_F32)?;
     if let Some(labels) = &args.labels {
         check_labels(labels, rows, vocab, args.ignore_index)?;
     }
@@ -309,7 +324,7 @@ pub fn token_stats<E: Element>(logits: &[E], args: &TokenArgs<'_>) -> Result<Tok
             let status = if res.bad {
                 classify_bad_row(row, t)
             } else if res.state.is_empty() {
-                RowStatus::AllMasked
+                masked_or_overflow(row)
             } else {
                 RowStatus::Ok
             };

@@ -129,6 +129,12 @@ pub fn topk_entropy(
         }
         _ => {}
     }
+    if !topk_logprobs.len().is_multiple_of(k) {
+        return Err(Error::value(
+            "topk_logprobs",
+            format!("{} values do not form rows of {k}", topk_logprobs.len()),
+        ));
+    }
     let rows = topk_logprobs.len() / k;
     let results = pool::map_indexed(
         rows,

@@ -64,13 +64,13 @@ pub trait Lanes: Copy {
     unsafe fn prefetch(p: *const u8);
 
     /// `exp(x)` for `x` in `[EXP_FLOOR, 0]` (relative error about 2 ulp, exactly 0 for
-    /// `x < −87.68`, exactly 1 at 0): `x = n ln2 + r` with one-constant reduction (its error
-    /// `n · 1.9e-9` only touches terms below `2^−n`), the Cephes `expf` polynomial on
-    /// `|r| ≤ ln2/2`, times `2^n`.
+    /// `x < −87.68`, exactly 1 at 0): Cody-Waite reduction `x = n ln2 + r` with `ln2` split in
+    /// two constants, the Cephes `expf` polynomial on `|r| ≤ ln2/2`, times `2^n`.
     #[inline(always)]
     unsafe fn exp_nonpositive(x: Self::V) -> Self::V {
         let n = Self::round(Self::mul(x, Self::splat(std::f32::consts::LOG2_E)));
-        let r = Self::fmadd(n, Self::splat(-std::f32::consts::LN_2), x);
+        let r = Self::fmadd(n, Self::splat(-0.693_359_4), x);
+        let r = Self::fmadd(n, Self::splat(2.121_944_4e-4), r);
         let mut p = Self::splat(1.987_569_1e-4);
         p = Self::fmadd(p, r, Self::splat(1.398_199_9e-3));
         p = Self::fmadd(p, r, Self::splat(8.333_452e-3));

@@ -212,9 +212,9 @@ pub enum Shape {
     Normal,
     /// Uniform in `[−40, 40]`: many entries below the exp floor relative to the maximum.
     Wide,
-    /// N(0, 1) with one entry 40 above: nearly one-hot, entropy near 0. (The gap keeps the
-    /// tail below `2^−24` of the maximum at every temperature used; tails near `2^−24` are the
-    /// subject of `token::dominant_entry_over_flat_tail_meets_accuracy_target`.)
+    /// N(0, 1) with one entry 25 above: nearly one-hot, entropy near 0, the tail near `2^−24`
+    /// of the maximum at some temperatures (see also
+    /// `token::dominant_entry_over_flat_tail_meets_accuracy_target`).
     Peaked,
     /// N(0, 2²) with about 20 % of the entries masked by `−∞` (at least one finite entry).
     Masked,
@@ -229,7 +229,7 @@ pub fn random_row(rng: &mut Rng, v: usize, shape: Shape) -> Vec<f64> {
         Shape::Peaked => {
             let mut r: Vec<f64> = (0..v).map(|_| rng.normal()).collect();
             let i = rng.below(v);
-            r[i] += 40.0;
+            r[i] += 25.0;
             r
         }
         Shape::Masked => (0..v)

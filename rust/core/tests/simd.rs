@@ -145,9 +145,6 @@ fn max_ulp_error(level: Level, xs: &[f32]) -> (f64, f32) {
 /// The documented accuracy (`simd/mod.rs`: "relative error about 2 ulp") over the whole range
 /// the kernels use.
 #[test]
-#[ignore = "core bug: exp_nonpositive's one-constant reduction r = n*(-LN_2) + x exceeds 4 ulp: \
-            67.6 ulp at x = -72.09 on the Scalar level (fmadd is not fused there, so n*LN_2 is \
-            rounded first) and 4.47 ulp at x = -86.65 on AVX2 (LN_2 as f32 is 1.9e-9 off)"]
 fn exp_nonpositive_is_within_4_ulp_down_to_minus_87() {
     let xs = exp_samples(-87.0);
     for level in levels() {

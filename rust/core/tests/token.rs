@@ -133,11 +133,6 @@ fn large_offsets_lose_no_accuracy() {
             let v = 3000;
             let row: Vec<f64> = (0..v).map(|_| offset + 3.0 * rng.normal()).collect();
             for_each_kind!(E => {
-                if E::NAME == "f16" && offset.abs() > 2048.0 {
-                    // float16 spacing there is 8–32: the row collapses onto a few levels 8–32
-                    // apart (the flat-tail case of `dominant_entry_over_flat_tail_...`).
-                    continue;
-                }
                 let logits: Vec<E> = convert(&row);
                 let labels = [0i64, 17, 2999];
                 let a = with_labels(args(v, Temperature::Scalar(1.0)), &labels, 3);
@@ -380,8 +375,8 @@ fn shape_and_temperature_errors() {
         "temperature",
         &["row 0"],
     );
-    assert!(Temperature::Scalar(1e-30).validate(3).is_ok());
-    assert!(Temperature::PerRow(&[]).validate(0).is_ok());
+    assert!(Temperature::Scalar(1e-30).validate(3, false).is_ok());
+    assert!(Temperature::PerRow(&[]).validate(0, false).is_ok());
 }
 
 /// A `(3, V)` batch whose row `bad_row` holds `value` at `pos`.
@@ -734,9 +729,6 @@ fn classify_and_error_helpers() {
 /// One dominant logit over a flat tail `g` below: every tail term `e^−g` is just under half an
 /// ulp of 1, and the accumulator lane holding the maximum's `exp(0) = 1` rounds each one away.
 #[test]
-#[ignore = "core bug: float32 lane accumulation of s/w/q over a 2048-entry tile loses the small \
-            terms added to the lane holding exp(0) = 1; [0, -16.64 x 2047] misses the 1e-5 \
-            target (H/lse/logprob error 6.1e-5 on Scalar, 1.5e-5 on AVX2; collision 1.2e-4, 3e-5)"]
 fn dominant_entry_over_flat_tail_meets_accuracy_target() {
     let guard = serial();
     let ran = each_level(&guard, |level| {
@@ -759,8 +751,6 @@ fn dominant_entry_over_flat_tail_meets_accuracy_target() {
 
 /// `t` passes validation (finite, > 0) but is below the float32 range, so `t as f32 == 0`.
 #[test]
-#[ignore = "core bug: a temperature below the f32 range makes 0/0 = NaN in the f32/bf16/f16 \
-            kernels (reported as 'row contains NaN', or NaN output under propagate_nan)"]
 fn temperature_below_f32_range_is_not_reported_as_nan() {
     let t = 1e-50;
     // In float64 the answer is well defined (z' = [0, −1e50]: one-hot, H = 0).
@@ -778,8 +768,6 @@ fn temperature_below_f32_range_is_not_reported_as_nan() {
 
 /// All finite logits of a row overflow to −∞ when divided by the temperature.
 #[test]
-#[ignore = "core bug: finite logits that overflow to -inf under the temperature are taken as \
-            masked; a row where all do is reported as 'every logit is -inf'"]
 fn negative_overflow_is_not_reported_as_masked() {
     let check = |r: Result<TokenOutputs>| match r {
         // z' = [−6e38, −6e38]: uniform, H = ln 2.

@@ -64,6 +64,15 @@ def token_logprob_entropy_linear(
 ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32] | None]:
     """``(logprob, entropy, collision)`` of ``softmax((hidden @ weight.T + bias) / T)`` by tiles."""
 
+def high_entropy_select(
+    values: NDArray[np.float32],
+    valid: NDArray[np.bool_] | None,
+    rho: float,
+    method: Literal["linear", "lower", "nearest", "topk"],
+    omit_nan: bool,
+) -> tuple[NDArray[np.bool_], float, int, int]:
+    """Top-ρ selection of one unit: ``(mask, threshold, kept, valid)`` (``rollout.md`` §3)."""
+
 def set_num_threads(n: int) -> None:
     """Size of entcore's own thread pool (``n >= 1``)."""
 

@@ -31,6 +31,7 @@ import numpy as np
 __all__ = [
     "TopkEntropy",
     "collision_probability",
+    "nucleus_entropy",
     "renyi_entropy",
     "token_entropy",
     "token_logprob",
@@ -507,3 +508,55 @@ def _check_alpha(alpha: Any) -> float:
     if not value >= 0.0:
         raise ValueError(f"alpha: expected a value in [0, inf], got {value}")
     return value
+
+
+# ---------------------------------------------------------------------------------------------
+# Nucleus entropy (rollout.md §13, placed in the token domain)
+# ---------------------------------------------------------------------------------------------
+
+#: The ``1e-12`` of the SIREN formula (``q = p·keep / (Σ p·keep + 1e-12)``, ``log(q + 1e-12)``).
+NUCLEUS_EPS = 1e-12
+
+
+def nucleus_entropy(
+    logits: Any, *, top_p: float = 0.8, top_k: int = 10000, temperature: Any = 1.0
+) -> np.ndarray:
+    """Entropy of the renormalised top-p nucleus (``rollout.md`` §13), in nats, per row.
+
+    ``p = softmax(z / T)``; the ``top_k`` largest logits in descending order (ties by lower
+    index; ``top_k`` larger than ``V`` means all ``V``); ``C_r = Σ_{i≤r} p_(i)`` (ranks from 0,
+    accumulated in rank order); cut ``c = min{r : C_r ≥ top_p}`` (``c = min(top_k, V)`` if never
+    reached); keep the ranks ``r < c`` (the token crossing ``top_p`` is excluded, so a top-1
+    probability ``≥ top_p`` leaves an empty nucleus and ``H^p = 0``);
+    ``q = p·keep / (Σ p·keep + 1e-12)``, ``H^p = −Σ q log(q + 1e-12)``.
+
+    Defaults (SIREN): ``top_p`` 0.8, ``top_k`` 10 000. ``-inf`` logits have ``p = 0`` and rank
+    last. NaN or ``+inf`` logits → ``ValueError`` (as :func:`token_entropy`).
+
+    Paper: *Rethinking Entropy Regularization in Large Reasoning Models* (arXiv 2509.25133).
+    Matches Linn3a/siren ``verl/verl/workers/actor/dp_actor.py :: efficient_top_p_sampling``.
+    Returns float64 of shape ``logits.shape[:-1]``.
+    """
+    if isinstance(top_p, bool) or np.ndim(top_p) != 0:
+        raise TypeError(f"top_p: expected a real scalar, got {top_p!r}")
+    p_cut = float(top_p)
+    if not 0.0 <= p_cut <= 1.0:
+        raise ValueError(f"top_p: expected a value in [0, 1], got {p_cut}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise TypeError(f"top_k: expected an int, got {type(top_k).__name__}")
+    if top_k < 1:
+        raise ValueError(f"top_k: expected an int >= 1, got {top_k}")
+    rows = _Rows(logits, temperature, "raise")
+    n_rows, vocab = rows.scaled.shape
+    k = min(int(top_k), vocab)
+    out = np.zeros(n_rows, dtype=np.float64)
+    for i in range(n_rows):
+        order = np.argsort(-rows.scaled[i], kind="stable")[:k]  # descending, ties by index
+        p_sorted = rows.p[i][order]
+        cumulative = np.cumsum(p_sorted)
+        reached = np.flatnonzero(cumulative >= p_cut)
+        cut = int(reached[0]) if reached.size else k
+        kept = p_sorted[:cut]
+        q = kept / (np.sum(kept) + NUCLEUS_EPS)
+        out[i] = 0.0 - float(np.sum(q * np.log(q + NUCLEUS_EPS)))  # an empty nucleus gives +0.0
+    return rows.finish(out)

@@ -7,11 +7,13 @@ Three faces share names, arguments and defaults (``conventions.md``):
 
 from __future__ import annotations
 
-from entcore import _core
+from entcore import _core, rollout
 from entcore._threads import get_num_threads, set_num_threads
+from entcore.rollout import *  # noqa: F403  (every rollout statistic as entcore.<name>)
 from entcore.token import (
     TopkEntropy,
     collision_probability,
+    nucleus_entropy,
     renyi_entropy,
     token_entropy,
     token_logprob,
@@ -24,7 +26,9 @@ from entcore.token import (
 __version__: str = _core.__version__
 
 __all__ = [
+    *rollout.__all__,
     "TopkEntropy",
+    "nucleus_entropy",
     "__version__",
     "collision_probability",
     "get_num_threads",

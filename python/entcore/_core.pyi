@@ -68,10 +68,27 @@ def high_entropy_select(
     values: NDArray[np.float32],
     valid: NDArray[np.bool_] | None,
     rho: float,
-    method: Literal["linear", "lower", "nearest", "topk"],
-    omit_nan: bool,
+    method: Literal["linear", "lower", "nearest", "topk", "higher", "midpoint"],
+    nan_policy: Literal["raise", "omit", "propagate"],
 ) -> tuple[NDArray[np.bool_], float, int, int]:
     """Top-ρ selection of one unit: ``(mask, threshold, kept, valid)`` (``rollout.md`` §3)."""
+
+def row_stats(
+    values: NDArray[np.float32],
+    valid: NDArray[np.bool_] | None,
+    cu_seqlens: NDArray[np.int64],
+    omit_nan: bool,
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.float64]]:
+    """``(count, sum, sum_sq)`` of the valid values of each ``cu_seqlens`` row, in float64."""
+
+def window_means(
+    values: NDArray[np.float32],
+    valid: NDArray[np.bool_] | None,
+    cu_seqlens: NDArray[np.int64],
+    window: int,
+    start: int,
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+    """``(W, defined)``: sliding-window means per token (``rollout.md`` §8)."""
 
 def set_num_threads(n: int) -> None:
     """Size of entcore's own thread pool (``n >= 1``)."""

@@ -3,6 +3,12 @@
 Token arrays are padded ``(B, L)`` with a mask, or packed ``(N,)`` with ``cu_seqlens``
 (``rollout.md`` §0.1); unit-based statistics take ``scope`` and ``micro_batch`` (§0.2). Names,
 arguments and defaults match ``entcore.reference.rollout`` (the float64 oracle).
+
+The passes over every token run in the Rust core: the exact top-ρ selection
+(:func:`high_entropy_mask`), the per-row sums of :func:`entropy_summary` and the sliding windows
+of :func:`window_entropy`. The statistics of a few numbers per sequence or per unit (advantages,
+pass@k, schedules, PPO terms, ...) are the float64 reference functions themselves, re-exported
+here so that ``entcore.<name>`` exists for every name of the spec; they return float64.
 """
 
 from __future__ import annotations
@@ -13,12 +19,88 @@ import ml_dtypes
 import numpy as np
 
 from entcore import _core
-from entcore._layout import token_layout, unit_rows, unit_tokens
+from entcore._layout import Layout, token_layout, unit_rows, unit_tokens
+from entcore.reference.rollout import (
+    PPOTerms,
+    aepo_select,
+    aepo_temperature,
+    agg_loss,
+    answer_entropy,
+    canon_advantages,
+    centered_cov,
+    clip_cov_loss,
+    clip_cov_select,
+    detection_statistic,
+    detection_threshold,
+    entropy_position_curve,
+    entropy_reduction,
+    epo_band_penalty,
+    epo_phase_weight,
+    forking_token_loss,
+    group_advantages,
+    hwe_count,
+    hwe_threshold,
+    kl_cov_loss,
+    kl_cov_select,
+    nll_entropy_estimate,
+    pass_at_k,
+    peak_entropy_mask,
+    pear_reward,
+    phase_boundary,
+    phase_entropy,
+    ppo_loss,
+    siren_regularizer,
+    spear_recalibrate,
+    spear_schedules,
+    steer_weights,
+    step_entropy_means,
+    support_epsilon,
+    support_metrics,
+)
 
-__all__ = ["high_entropy_mask"]
+__all__ = [
+    "PPOTerms",
+    "aepo_select",
+    "aepo_temperature",
+    "agg_loss",
+    "answer_entropy",
+    "canon_advantages",
+    "centered_cov",
+    "clip_cov_loss",
+    "clip_cov_select",
+    "detection_statistic",
+    "detection_threshold",
+    "entropy_position_curve",
+    "entropy_reduction",
+    "entropy_summary",
+    "epo_band_penalty",
+    "epo_phase_weight",
+    "forking_token_loss",
+    "group_advantages",
+    "high_entropy_mask",
+    "hwe_count",
+    "hwe_threshold",
+    "kl_cov_loss",
+    "kl_cov_select",
+    "nll_entropy_estimate",
+    "pass_at_k",
+    "peak_entropy_mask",
+    "pear_reward",
+    "phase_boundary",
+    "phase_entropy",
+    "ppo_loss",
+    "siren_regularizer",
+    "spear_recalibrate",
+    "spear_schedules",
+    "steer_weights",
+    "step_entropy_means",
+    "support_epsilon",
+    "support_metrics",
+    "window_entropy",
+]
 
-MASK_METHODS = ("linear", "lower", "nearest", "topk")
-MASK_NAN_POLICIES = ("raise", "omit")
+MASK_METHODS = ("linear", "lower", "nearest", "topk", "higher", "midpoint")
+NAN_POLICIES = ("raise", "omit", "propagate")
 
 
 def high_entropy_mask(
@@ -52,8 +134,7 @@ def high_entropy_mask(
     """
     if method not in MASK_METHODS:
         raise ValueError(f"method: expected one of {MASK_METHODS}, got {method!r}")
-    if nan_policy not in MASK_NAN_POLICIES:
-        raise ValueError(f"nan_policy: expected one of {MASK_NAN_POLICIES}, got {nan_policy!r}")
+    _check_nan_policy(nan_policy)
     rho = float(rho)
     if not 0.0 <= rho <= 1.0:
         raise ValueError(f"rho: expected a value in [0, 1], got {rho}")
@@ -63,21 +144,114 @@ def high_entropy_mask(
     units = unit_rows(layout.rows, scope, micro_batch)
     out = np.zeros(flat.shape[0], dtype=bool)
     thresholds = np.empty(len(units), dtype=np.float64)
-    omit = nan_policy == "omit"
     for u, rows in enumerate(units):
         tokens = unit_tokens(layout, rows)
-        if tokens == slice(0, flat.shape[0]):  # the whole buffer: no copy
+        if isinstance(tokens, slice) and tokens == slice(
+            0, flat.shape[0]
+        ):  # the whole buffer: no copy
             unit_values, unit_valid = flat, valid
         else:
             unit_values = np.ascontiguousarray(flat[tokens])
             unit_valid = None if valid is None else np.ascontiguousarray(valid[tokens])
         selected, tau, _, _ = _core.high_entropy_select(
-            unit_values, unit_valid, rho, method, omit
+            unit_values, unit_valid, rho, method, nan_policy
         )
         out[tokens] = selected
         thresholds[u] = tau
     mask_out = out.reshape(values.shape)
     return (mask_out, thresholds) if return_threshold else mask_out
+
+
+def entropy_summary(
+    entropy: Any,
+    mask: Any = None,
+    *,
+    cu_seqlens: Any = None,
+    percentiles: Any = (1, 5, 10, 25, 50, 75, 90, 95, 99),
+    low: float = 0.01,
+    high: float = 0.672,
+) -> dict[str, Any]:
+    """Distribution of the valid token entropies, float64 accumulation (``rollout.md`` §4).
+
+    ``count``, token-weighted ``mean`` and population ``std``, ``seq_mean`` (mean over non-empty
+    rows of the row means), ``min``, ``max``, linear ``percentiles`` (as
+    ``numpy.percentile(method="linear")``), ``frac_low = #{H < low}/N`` and
+    ``frac_high = #{H > high}/N`` (strict). The 80/20 paper reports 50.64% below 0.01 and 20%
+    above 0.672 for Qwen3-8B (arXiv 2506.01939, §3). Empty: ``count = 0``, NaN elsewhere.
+    """
+    qs = np.asarray(percentiles, dtype=np.float64)
+    if qs.ndim != 1 or np.any((qs < 0) | (qs > 100)) or np.any(np.isnan(qs)):
+        raise ValueError(f"percentiles: expected a 1-D sequence of values in [0, 100], got {qs}")
+    low, high = float(low), float(high)
+    values = _entropy_f32(entropy)
+    layout, valid = token_layout("entropy", values, mask, cu_seqlens)
+    flat = values.reshape(-1)
+    count, total, total_sq = _core.row_stats(flat, valid, _offsets(layout), False)
+    n = int(count.sum())
+    if n == 0:
+        nan = float("nan")
+        return {
+            "count": 0,
+            "mean": nan,
+            "seq_mean": nan,
+            "std": nan,
+            "min": nan,
+            "max": nan,
+            "percentiles": np.full(qs.shape, nan),
+            "frac_low": nan,
+            "frac_high": nan,
+        }
+    x = flat if valid is None else flat[valid]
+    mean = float(total.sum()) / n
+    rows = count > 0
+    return {
+        "count": n,
+        "mean": mean,
+        "seq_mean": float(np.mean(total[rows] / count[rows])),
+        "std": float(np.sqrt(max(float(total_sq.sum()) / n - mean * mean, 0.0))),
+        "min": float(x.min()),
+        "max": float(x.max()),
+        "percentiles": np.percentile(x.astype(np.float64), qs, method="linear"),
+        "frac_low": np.count_nonzero(x < low) / n,
+        "frac_high": np.count_nonzero(x > high) / n,
+    }
+
+
+def window_entropy(
+    entropy: Any,
+    mask: Any = None,
+    *,
+    window: int = 4,
+    start: int = 0,
+    cu_seqlens: Any = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ARES window entropy ``W_t = (1/w) Σ_{j<w} H_{t+start+j}`` → ``(W, defined)``.
+
+    Defined iff ``t`` and the ``w`` window positions are valid positions of the same row; ``W = 0``
+    where undefined. ``start=0`` is the paper's window, ``start=1`` the released code's
+    (``rollout.md`` §8). *ARES: Multimodal Adaptive Reasoning via Difficulty-Aware Token-Level
+    Entropy Shaping*, arXiv 2510.08457.
+    """
+    for name, value, low in (("window", window, 1), ("start", start, 0)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    values = _entropy_f32(entropy)
+    layout, valid = token_layout("entropy", values, mask, cu_seqlens)
+    flat = values.reshape(-1)
+    w, defined = _core.window_means(flat, valid, _offsets(layout), int(window), int(start))
+    return w.reshape(values.shape), defined.reshape(values.shape)
+
+
+def _offsets(layout: Layout) -> np.ndarray:
+    """``cu_seqlens`` of the layout (padded rows are segments of equal width)."""
+    if layout.cu_seqlens is not None:
+        return layout.cu_seqlens
+    return np.arange(layout.rows + 1, dtype=np.int64) * int(layout.width or 0)
+
+
+def _check_nan_policy(nan_policy: str) -> None:
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy: expected one of {NAN_POLICIES}, got {nan_policy!r}")
 
 
 def _entropy_f32(entropy: Any) -> np.ndarray:

@@ -26,10 +26,12 @@ from entcore._arrays import (
     float_kind,
     row_temperatures,
 )
+from entcore.reference.token import nucleus_entropy  # a per-row sort: the reference serves
 
 __all__ = [
     "TopkEntropy",
     "collision_probability",
+    "nucleus_entropy",
     "renyi_entropy",
     "token_entropy",
     "token_logprob",

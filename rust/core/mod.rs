@@ -5,6 +5,7 @@ pub mod error;
 pub mod linear;
 pub mod pool;
 pub mod renyi;
+pub mod segment;
 pub mod select;
 pub mod simd;
 pub mod state;

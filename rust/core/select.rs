@@ -30,6 +30,10 @@ pub enum Method {
     Linear,
     Lower,
     Nearest,
+    /// Threshold `x_(⌈h⌉)`; selects the `Linear` set.
+    Higher,
+    /// Threshold `(x_(⌊h⌋) + x_(⌈h⌉)) / 2`; selects the `Linear` set.
+    Midpoint,
     /// Exactly `⌈ρN⌉` largest, ties by lower index.
     TopK,
 }
@@ -40,13 +44,36 @@ impl Method {
             "linear" => Method::Linear,
             "lower" => Method::Lower,
             "nearest" => Method::Nearest,
+            "higher" => Method::Higher,
+            "midpoint" => Method::Midpoint,
             "topk" => Method::TopK,
             _ => return None,
         })
     }
 }
 
-/// A unit's selection: the threshold `τ` (NaN for an empty unit, +∞ when `TopK` keeps nothing),
+/// What a valid NaN entropy does (`conventions.md`): raise, be skipped, or empty its unit.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum NanPolicy {
+    Raise,
+    Omit,
+    /// The unit selects nothing and its threshold is NaN.
+    Propagate,
+}
+
+impl NanPolicy {
+    pub fn from_name(name: &str) -> Option<NanPolicy> {
+        Some(match name {
+            "raise" => NanPolicy::Raise,
+            "omit" => NanPolicy::Omit,
+            "propagate" => NanPolicy::Propagate,
+            _ => return None,
+        })
+    }
+}
+
+/// A unit's selection: the threshold `τ` (NaN for an empty unit and when `TopK` keeps nothing;
+/// for `TopK` the smallest kept value),
 /// the number kept and the number of valid values.
 #[derive(Copy, Clone, Debug, PartialEq)]
 pub struct Selection {
@@ -238,7 +265,7 @@ pub fn high_entropy_select(
     valid: Option<&[u8]>,
     rho: f64,
     method: Method,
-    omit_nan: bool,
+    nan_policy: NanPolicy,
     out: &mut [u8],
 ) -> Result<Selection> {
     if !(0.0..=1.0).contains(&rho) {
@@ -252,13 +279,24 @@ pub fn high_entropy_select(
     }
     let e = Entries { values, valid };
     let (hist, first_nan) = high_histogram(e);
-    if let (Some(i), false) = (first_nan, omit_nan) {
-        return Err(Error::value(
-            "entropy",
-            format!("valid token {i} is NaN (nan_policy=\"omit\" excludes such tokens)"),
-        ));
-    }
     let n: u64 = hist.iter().sum();
+    match (first_nan, nan_policy) {
+        (Some(i), NanPolicy::Raise) => {
+            return Err(Error::value(
+                "entropy",
+                format!("valid token {i} is NaN (nan_policy=\"omit\" excludes such tokens)"),
+            ))
+        }
+        (Some(_), NanPolicy::Propagate) => {
+            out.fill(0);
+            return Ok(Selection {
+                threshold: f64::NAN,
+                kept: 0,
+                valid: n as usize,
+            });
+        }
+        _ => {}
+    }
     if n == 0 {
         out.fill(0);
         return Ok(Selection {
@@ -274,14 +312,14 @@ pub fn high_entropy_select(
             if k == 0 {
                 out.fill(0);
                 return Ok(Selection {
-                    threshold: f64::INFINITY,
+                    threshold: f64::NAN,
                     kept: 0,
                     valid: n as usize,
                 });
             }
             (n - k, n - k)
         }
-        Method::Linear => {
+        Method::Linear | Method::Higher | Method::Midpoint => {
             let h = snapped((n - 1) as f64 * (1.0 - rho));
             (h.floor() as u64, h.ceil() as u64)
         }
@@ -306,6 +344,7 @@ pub fn high_entropy_select(
             let h = snapped((n - 1) as f64 * (1.0 - rho));
             x_lo as f64 + (h - h.floor()) * (x_hi as f64 - x_lo as f64)
         }
+        Method::Midpoint => 0.5 * (x_lo as f64 + x_hi as f64),
         _ => x_hi as f64,
     };
     if method == Method::TopK {

@@ -2,6 +2,7 @@
 //! around every kernel, and [`crate::core::error::Error`] mapped to Python exceptions.
 
 mod errors;
+mod segment;
 mod select;
 mod system;
 mod token;
@@ -13,6 +14,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     token::register(m)?;
     select::register(m)?;
+    segment::register(m)?;
     system::register(m)?;
     Ok(())
 }

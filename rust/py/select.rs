@@ -4,21 +4,27 @@ use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::prelude::*;
 
 use super::errors::{to_py, value_error};
-use crate::core::select::{high_entropy_select as select_kernel, Method};
+use crate::core::select::{high_entropy_select as select_kernel, Method, NanPolicy};
 
 type SelectResult<'py> = (Bound<'py, PyArray1<bool>>, f64, usize, usize);
 
 /// `(mask, threshold, kept, valid)` for one unit of float32 entropies.
 #[pyfunction]
-#[pyo3(signature = (values, valid, rho, method, omit_nan))]
+#[pyo3(signature = (values, valid, rho, method, nan_policy))]
 fn high_entropy_select<'py>(
     py: Python<'py>,
     values: PyReadonlyArray1<'py, f32>,
     valid: Option<PyReadonlyArray1<'py, bool>>,
     rho: f64,
     method: &str,
-    omit_nan: bool,
+    nan_policy: &str,
 ) -> PyResult<SelectResult<'py>> {
+    let nan_policy = NanPolicy::from_name(nan_policy).ok_or_else(|| {
+        value_error(
+            "nan_policy",
+            format!("expected raise, omit or propagate, got {nan_policy:?}"),
+        )
+    })?;
     let method = Method::from_name(method).ok_or_else(|| {
         value_error(
             "method",
@@ -31,9 +37,7 @@ fn high_entropy_select<'py>(
         Some(v) => Some(v.as_slice().map_err(contiguous("mask"))?),
         None => None,
     };
-    // bool is one byte holding 0 or 1: read it as u8 without a copy.
-    let valid_bytes: Option<&[u8]> = valid_slice
-        .map(|v| unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) });
+    let valid_bytes: Option<&[u8]> = valid_slice.map(super::segment::bytes);
     let out = PyArray1::<bool>::zeros(py, values.len(), false);
     let selection = {
         let mut out_rw = out.readwrite();
@@ -42,7 +46,7 @@ fn high_entropy_select<'py>(
         let out_bytes = unsafe {
             std::slice::from_raw_parts_mut(out_bools.as_mut_ptr() as *mut u8, out_bools.len())
         };
-        py.detach(|| select_kernel(values, valid_bytes, rho, method, omit_nan, out_bytes))
+        py.detach(|| select_kernel(values, valid_bytes, rho, method, nan_policy, out_bytes))
             .map_err(to_py)?
     };
     Ok((out, selection.threshold, selection.kept, selection.valid))

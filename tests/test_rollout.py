@@ -1,0 +1,160 @@
+"""The Rust-backed NumPy face of the rollout statistics held to the float64 reference
+(``rollout.md`` §3, §4, §8, §17.1–17.2, §17.4, §17.9)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import entcore
+from entcore.reference import rollout as ref
+
+METHODS = ["linear", "lower", "nearest", "topk", "higher", "midpoint"]
+
+
+def batch(seed: int, rows: int, width: int, ties: bool = False):
+    rng = np.random.default_rng(seed)
+    h = rng.gamma(0.3, 1.0, (rows, width)).astype(np.float32)
+    if ties:
+        h = np.round(h, 1).astype(np.float32)
+    lengths = rng.integers(0, width + 1, rows)
+    mask = np.arange(width)[None, :] < lengths[:, None]
+    mask &= rng.random((rows, width)) > 0.1  # holes
+    return h, mask
+
+
+def packed(h: np.ndarray, mask: np.ndarray):
+    lengths = np.full(h.shape[0], h.shape[1])
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return h.reshape(-1), mask.reshape(-1), cu
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 6),
+    width=st.integers(1, 40),
+    rho=st.sampled_from([0.0, 0.1, 0.2, 0.5, 0.8, 1.0, 0.37]),
+    method=st.sampled_from(METHODS),
+    ties=st.booleans(),
+)
+def test_high_entropy_mask_equals_reference(seed, rows, width, rho, method, ties):
+    h, mask = batch(seed, rows, width, ties)
+    got, tau = entcore.high_entropy_mask(h, mask, rho=rho, method=method, return_threshold=True)
+    want, want_tau = ref.high_entropy_mask(h, mask, rho=rho, method=method, return_threshold=True)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(tau, want_tau, rtol=1e-12, equal_nan=True)
+
+
+@pytest.mark.parametrize("micro_batch", [None, 2, np.array([1, 0, 1, 2, 0])])
+@pytest.mark.parametrize("scope", ["micro_batch", "batch"])
+def test_units_and_layouts(micro_batch, scope):
+    h, mask = batch(7, 5, 33)
+    kwargs = dict(rho=0.2, scope=scope, micro_batch=micro_batch, return_threshold=True)
+    got, tau = entcore.high_entropy_mask(h, mask, **kwargs)
+    want, want_tau = ref.high_entropy_mask(h, mask, **kwargs)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_allclose(tau, want_tau, rtol=1e-12, equal_nan=True)
+    flat, flat_mask, cu = packed(h, mask)
+    got_packed = entcore.high_entropy_mask(flat, flat_mask, cu_seqlens=cu, **kwargs)[0]
+    np.testing.assert_array_equal(got_packed, got.reshape(-1))
+
+
+def test_trl_fixture():
+    h = np.array([[0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [0.7, 0.8, 0.9, 1.0, 1.1, 1.2]], np.float32)
+    mask = np.ones_like(h, bool)
+    mask[1, 4:] = False
+    kept = {rho: h[entcore.high_entropy_mask(h, mask, rho=rho)] for rho in (0.2, 0.5, 1.0, 0.0)}
+    np.testing.assert_array_equal(kept[0.2], np.float32([0.9, 1.0]))
+    np.testing.assert_array_equal(kept[0.5], np.float32([0.6, 0.7, 0.8, 0.9, 1.0]))
+    np.testing.assert_array_equal(kept[1.0], h[mask])
+    np.testing.assert_array_equal(kept[0.0], np.float32([1.0]))
+    assert not entcore.high_entropy_mask(h, np.zeros_like(mask)).any()
+
+
+def test_padding_values_never_matter_and_nan_policies():
+    h, mask = batch(3, 4, 25)
+    dirty = h.copy()
+    dirty[~mask] = np.nan
+    np.testing.assert_array_equal(
+        entcore.high_entropy_mask(dirty, mask), entcore.high_entropy_mask(h, mask)
+    )
+    h[0, np.argmax(mask[0])] = np.nan
+    mask[0, np.argmax(mask[0])] = True
+    with pytest.raises(ValueError, match="entropy: valid token .* is NaN"):
+        entcore.high_entropy_mask(h, mask)
+    for policy in ("omit", "propagate"):
+        got, tau = entcore.high_entropy_mask(h, mask, nan_policy=policy, return_threshold=True)
+        want, want_tau = ref.high_entropy_mask(h, mask, nan_policy=policy, return_threshold=True)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_allclose(tau, want_tau, equal_nan=True)
+
+
+def test_large_buffer_matches_numpy_quantile_and_threads():
+    h = np.random.default_rng(0).gamma(0.3, 1.0, 3_000_001).astype(np.float32)[None, :]
+    got, tau = entcore.high_entropy_mask(h, rho=0.2, return_threshold=True)
+    q = np.quantile(h.astype(np.float64), 0.8)
+    np.testing.assert_allclose(tau[0], q, rtol=1e-12)
+    np.testing.assert_array_equal(got, h >= np.min(h[h >= q]))
+    before = entcore.get_num_threads()
+    try:
+        for threads in (1, 2, 8):
+            entcore.set_num_threads(threads)
+            np.testing.assert_array_equal(entcore.high_entropy_mask(h, rho=0.2), got)
+    finally:
+        entcore.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (dict(rho=1.5), "rho: expected a value in"),
+        (dict(method="median"), "method: expected one of"),
+        (dict(nan_policy="ignore"), "nan_policy: expected one of"),
+        (dict(scope="global"), "scope: expected one of"),
+        (dict(cu_seqlens=np.array([0, 3, 2])), "cu_seqlens"),
+    ],
+)
+def test_bad_arguments(bad, match):
+    h, mask = batch(1, 2, 5)
+    if "cu_seqlens" in bad:
+        h, mask = h.reshape(-1), mask.reshape(-1)
+    with pytest.raises(ValueError, match=match):
+        entcore.high_entropy_mask(h, mask, **bad)
+
+
+@given(seed=st.integers(0, 2**32 - 1), rows=st.integers(1, 5), width=st.integers(1, 30))
+def test_entropy_summary_equals_reference(seed, rows, width):
+    h, mask = batch(seed, rows, width)
+    got, want = entcore.entropy_summary(h, mask), ref.entropy_summary(h, mask)
+    assert got["count"] == want["count"]
+    for key in ("mean", "seq_mean", "std", "min", "max", "frac_low", "frac_high"):
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-9, atol=1e-12, equal_nan=True)
+    np.testing.assert_allclose(got["percentiles"], want["percentiles"], rtol=1e-12, equal_nan=True)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    window=st.integers(1, 6),
+    start=st.integers(0, 2),
+    width=st.integers(1, 30),
+)
+def test_window_entropy_equals_reference_in_both_layouts(seed, window, start, width):
+    h, mask = batch(seed, 4, width)
+    w, defined = entcore.window_entropy(h, mask, window=window, start=start)
+    rw, rdefined = ref.window_entropy(h, mask, window=window, start=start)
+    np.testing.assert_array_equal(defined, rdefined)
+    np.testing.assert_allclose(w, rw, rtol=1e-6, atol=1e-7)
+    flat, flat_mask, cu = packed(h, mask)
+    pw, pdefined = entcore.window_entropy(
+        flat, flat_mask, window=window, start=start, cu_seqlens=cu
+    )
+    np.testing.assert_array_equal(pw, w.reshape(-1))
+    np.testing.assert_array_equal(pdefined, defined.reshape(-1))
+
+
+def test_every_spec_name_is_on_the_numpy_face():
+    assert set(ref.__all__) <= set(entcore.rollout.__all__) | {"PPOTerms"}
+    for name in entcore.rollout.__all__:
+        assert getattr(entcore, name) is getattr(entcore.rollout, name)

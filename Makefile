@@ -27,7 +27,7 @@ setup: $(STAMP)
 
 # The Rust core, release mode, installed into the environment (cargo rebuilds only what changed).
 build: setup
-	$(VENV)/bin/maturin develop --release --locked --quiet --extras torch,dev
+	$(VENV)/bin/maturin develop --release --locked --quiet --extras torch,report,dev
 
 lint: setup
 	cargo fmt --check

@@ -19,15 +19,36 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_demo_compares_against_reference_numpy_and_torch():
-    out = run("-m", "entcore.cli", "demo", "--rows", "64", "--vocab", "4096")
+def test_demo_reports_the_shipped_rollouts(tmp_path):
+    out = run("-m", "entcore.cli", "demo", "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "50.64% in the paper" in out.stdout
+    assert "most frequent forking tokens: ' the'" in out.stdout or "forking tokens:" in out.stdout
+    assert "CANON against GRPO advantages" in out.stdout
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == ["figure1.png", "figure2.png", "report.html", "report.json", "report.txt"]
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 2
+
+
+def test_rollout_report_rejects_a_malformed_file_and_writes_nothing(tmp_path):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a safetensors file")
+    out_dir = tmp_path / "report"
+    out = run("-m", "entcore.cli", "rollout-report", str(bad), "--out", str(out_dir))
+    assert out.returncode == 2
+    assert out.stderr.startswith("entcore: error:")
+    assert not out_dir.exists()
+
+
+def test_token_demo_compares_against_reference_numpy_and_torch():
+    out = run("-m", "entcore.cli", "token-demo", "--rows", "64", "--vocab", "4096")
     assert out.returncode == 0, out.stderr
     assert "within 1e-5 of the float64 reference: yes" in out.stdout
     assert "torch verl form" in out.stdout and "rows NaN" in out.stdout
 
 
-def test_demo_rejects_bad_sizes_with_a_clear_error():
-    out = run("-m", "entcore.cli", "demo", "--rows", "0")
+def test_token_demo_rejects_bad_sizes_with_a_clear_error():
+    out = run("-m", "entcore.cli", "token-demo", "--rows", "0")
     assert out.returncode == 2
     assert "rows >= 1" in out.stderr
 

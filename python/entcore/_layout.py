@@ -48,8 +48,9 @@ def token_layout(
         layout = Layout(rows=values.shape[0], width=values.shape[1], cu_seqlens=None)
     else:
         if values.ndim != 1:
-            raise ValueError(f"{name}: expected a packed (N,) array with cu_seqlens, "
-                             f"got shape {values.shape}")
+            raise ValueError(
+                f"{name}: expected a packed (N,) array with cu_seqlens, got shape {values.shape}"
+            )
         cu = check_cu_seqlens(cu_seqlens, values.shape[0])
         layout = Layout(rows=cu.shape[0] - 1, width=None, cu_seqlens=cu)
     if mask is None:

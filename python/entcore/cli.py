@@ -1,13 +1,16 @@
 """The ``entcore`` command line.
 
-``entcore demo`` runs the main job; ``entcore info`` prints the build, the CPU kernel family and
-the thread count.
+``entcore demo`` runs the main job: the rollout report on the real rollouts shipped in the
+package. ``entcore rollout-report PATH`` does the same for any buffer in entcore's format,
+``entcore token-demo`` holds the token kernels against NumPy and torch, ``entcore info`` prints
+the build, the CPU kernel family and the thread count.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import entcore
 
@@ -22,10 +25,24 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _token_demo(args: argparse.Namespace) -> int:
     from entcore._demo import run_token_demo
 
     return run_token_demo(rows=args.rows, vocab=args.vocab, seed=args.seed)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from entcore.io import default_rollouts_path, default_tokenizer_path
+    from entcore.report import run_report
+
+    return run_report(default_rollouts_path(), Path(args.out), default_tokenizer_path())
+
+
+def _rollout_report(args: argparse.Namespace) -> int:
+    from entcore.report import run_report
+
+    tokenizer = Path(args.tokenizer) if args.tokenizer else None
+    return run_report(Path(args.path), Path(args.out), tokenizer)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,12 +52,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="entcore worker threads")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser(
-        "demo", help="token entropy and log-probs on LLM-shaped logits, against NumPy and torch"
+        "demo", help="the rollout report on the real SmolLM2 rollouts shipped in the package"
     )
-    demo.add_argument("--rows", type=int, default=1024, help="token positions (default 1024)")
-    demo.add_argument("--vocab", type=int, default=49152, help="vocabulary size (default 49152)")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--out", default="entcore-report", help="report folder (default ./entcore-report)"
+    )
     demo.set_defaults(run=_demo)
+    report = commands.add_parser("rollout-report", help="the rollout report of any buffer")
+    report.add_argument("path", help="a rollout buffer (safetensors, entcore.io format)")
+    report.add_argument("--out", default="entcore-report", help="report folder")
+    report.add_argument("--tokenizer", default=None, help="tokenizer.json to decode tokens")
+    report.set_defaults(run=_rollout_report)
+    token = commands.add_parser(
+        "token-demo", help="token entropy and log-probs on LLM-shaped logits, vs NumPy and torch"
+    )
+    token.add_argument("--rows", type=int, default=1024, help="token positions (default 1024)")
+    token.add_argument("--vocab", type=int, default=49152, help="vocabulary size (default 49152)")
+    token.add_argument("--seed", type=int, default=0)
+    token.set_defaults(run=_token_demo)
     info = commands.add_parser("info", help="version, CPU kernels and threads")
     info.set_defaults(run=_info)
     return parser
@@ -52,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         entcore.set_num_threads(args.threads)
     try:
         return args.run(args)
-    except (ValueError, TypeError) as err:
+    except (ValueError, TypeError, OSError) as err:
         print(f"entcore: error: {err}", file=sys.stderr)
         return 2
 

@@ -142,22 +142,24 @@ def high_entropy_mask(
     layout, valid = token_layout("entropy", values, mask, cu_seqlens)
     flat = values.reshape(-1)
     units = unit_rows(layout.rows, scope, micro_batch)
-    out = np.zeros(flat.shape[0], dtype=bool)
+    out = None
     thresholds = np.empty(len(units), dtype=np.float64)
     for u, rows in enumerate(units):
         tokens = unit_tokens(layout, rows)
-        if isinstance(tokens, slice) and tokens == slice(
-            0, flat.shape[0]
-        ):  # the whole buffer: no copy
-            unit_values, unit_valid = flat, valid
-        else:
-            unit_values = np.ascontiguousarray(flat[tokens])
-            unit_valid = None if valid is None else np.ascontiguousarray(valid[tokens])
-        selected, tau, _, _ = _core.high_entropy_select(
-            unit_values, unit_valid, rho, method, nan_policy
+        if isinstance(tokens, slice) and tokens == slice(0, flat.shape[0]):  # whole: no copy
+            out, thresholds[u], _, _ = _core.high_entropy_select(
+                flat, valid, rho, method, nan_policy
+            )
+            continue
+        unit_valid = None if valid is None else np.ascontiguousarray(valid[tokens])
+        selected, thresholds[u], _, _ = _core.high_entropy_select(
+            np.ascontiguousarray(flat[tokens]), unit_valid, rho, method, nan_policy
         )
+        if out is None:
+            out = np.zeros(flat.shape[0], dtype=bool)
         out[tokens] = selected
-        thresholds[u] = tau
+    if out is None:
+        out = np.zeros(flat.shape[0], dtype=bool)
     mask_out = out.reshape(values.shape)
     return (mask_out, thresholds) if return_threshold else mask_out
 

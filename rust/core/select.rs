@@ -160,91 +160,185 @@ fn locate(hist: &[u64], r: u64) -> (usize, u64) {
     unreachable!("rank {r} is below the total count")
 }
 
-/// Pass 2: `out[i] = 1` for taken values in bins above `hi_bin`, 0 elsewhere; returns that count
-/// and, in index order, the `(index, value)` of taken values in bins `lo_bin..=hi_bin`.
-fn mark_and_collect(
-    e: Entries<'_>,
-    lo_bin: u32,
-    hi_bin: u32,
-    out: &mut [u8],
-) -> (usize, Vec<(usize, f32)>) {
-    let mark = |c: usize, part: &mut [u8]| {
+/// What one partition pass over a unit found.
+struct Pass {
+    /// Taken values above the bracket (marked 1).
+    above: usize,
+    /// Taken values below the bracket.
+    below: usize,
+    /// First valid NaN.
+    first_nan: Option<usize>,
+    /// `(index, value)` of the taken values inside the bracket, in index order.
+    inside: Vec<(usize, f32)>,
+}
+
+/// One pass: `out[i] = 1` for taken values with key above `hi_key`, 0 elsewhere; counts the
+/// values below `lo_key` and collects those in `[lo_key, hi_key]`.
+fn partition_pass(e: Entries<'_>, lo_key: u32, hi_key: u32, out: &mut [u8]) -> Pass {
+    let part = |c: usize, o: &mut [u8]| {
         let base = c * CHUNK;
-        let values = &e.values[base..base + part.len()];
-        let valid = e.valid.map(|v| &v[base..base + part.len()]);
-        mark_chunk(values, valid, base, lo_bin, hi_bin, part)
+        let values = &e.values[base..base + o.len()];
+        let valid = e.valid.map(|v| &v[base..base + o.len()]);
+        partition_chunk_dispatch(values, valid, base, lo_key, hi_key, o)
     };
-    let parts: Vec<(usize, Vec<(usize, f32)>)> = if out.len() < pool::PARALLEL_MIN_WORK {
+    let parts: Vec<Pass> = if out.len() < pool::PARALLEL_MIN_WORK {
         out.chunks_mut(CHUNK)
             .enumerate()
-            .map(|(c, p)| mark(c, p))
+            .map(|(c, o)| part(c, o))
             .collect()
     } else {
         pool::install(|| {
             out.par_chunks_mut(CHUNK)
                 .enumerate()
-                .map(|(c, p)| mark(c, p))
+                .map(|(c, o)| part(c, o))
                 .collect()
         })
     };
-    let kept = parts.iter().map(|(k, _)| k).sum();
-    let undecided = parts.into_iter().flat_map(|(_, u)| u).collect();
-    (kept, undecided)
+    let mut total = Pass {
+        above: 0,
+        below: 0,
+        first_nan: None,
+        inside: Vec::new(),
+    };
+    for p in parts {
+        total.above += p.above;
+        total.below += p.below;
+        total.first_nan = total.first_nan.or(p.first_nan);
+        total.inside.extend(p.inside);
+    }
+    total
 }
 
-/// Block of the marking pass: a branch-free (vectorisable) loop marks the block and counts the
-/// values at or above the undecided bins; only a block with undecided values is looked at again.
-const BLOCK: usize = 64;
+/// Block of the partition pass: a branch-free (vectorisable) loop marks the block and counts;
+/// only a block holding bracketed values or a valid NaN is looked at again.
+const BLOCK: usize = 32;
 
-/// `(marks, count ≥ lo_bin)` of one block; `valid` is the block's mask or all ones.
+/// `(above, below, taken, valid NaN)` counts of one block, marks written.
 #[inline(always)]
-fn mark_block(
+fn partition_block(
     xs: &[f32],
     valid: impl Fn(usize) -> bool,
     lo: u32,
     hi: u32,
     os: &mut [u8],
-) -> (u32, u32) {
-    let mut kept = 0u32;
-    let mut at_least_lo = 0u32;
+) -> (u32, u32, u32, u32) {
+    let (mut above, mut below, mut taken_count, mut nans) = (0u32, 0u32, 0u32, 0u32);
     for (j, (o, &x)) in os.iter_mut().zip(xs).enumerate() {
-        let taken = !x.is_nan() & valid(j);
-        let bin = order_key(x) >> 16;
-        let keep = taken & (bin > hi);
+        let v = valid(j);
+        let taken = !x.is_nan() & v;
+        let key = order_key(x);
+        let keep = taken & (key > hi);
         *o = keep as u8;
-        kept += keep as u32;
-        at_least_lo += (taken & (bin >= lo)) as u32;
+        above += keep as u32;
+        below += (taken & (key < lo)) as u32;
+        taken_count += taken as u32;
+        nans += (v & x.is_nan()) as u32;
     }
-    (kept, at_least_lo)
+    (above, below, taken_count, nans)
 }
 
-fn mark_chunk(
+/// [`partition_chunk`] compiled for AVX2 where the CPU has it (8 lanes instead of SSE's 4).
+fn partition_chunk_dispatch(
     values: &[f32],
     valid: Option<&[u8]>,
     base: usize,
-    lo_bin: u32,
-    hi_bin: u32,
+    lo_key: u32,
+    hi_key: u32,
     out: &mut [u8],
-) -> (usize, Vec<(usize, f32)>) {
-    let mut kept = 0usize;
-    let mut undecided = Vec::new();
+) -> Pass {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        #[target_feature(enable = "avx2")]
+        unsafe fn avx2(
+            values: &[f32],
+            valid: Option<&[u8]>,
+            base: usize,
+            lo_key: u32,
+            hi_key: u32,
+            out: &mut [u8],
+        ) -> Pass {
+            partition_chunk(values, valid, base, lo_key, hi_key, out)
+        }
+        // SAFETY: the CPU has AVX2 (checked just above).
+        return unsafe { avx2(values, valid, base, lo_key, hi_key, out) };
+    }
+    partition_chunk(values, valid, base, lo_key, hi_key, out)
+}
+
+#[inline(always)]
+fn partition_chunk(
+    values: &[f32],
+    valid: Option<&[u8]>,
+    base: usize,
+    lo_key: u32,
+    hi_key: u32,
+    out: &mut [u8],
+) -> Pass {
+    let mut pass = Pass {
+        above: 0,
+        below: 0,
+        first_nan: None,
+        inside: Vec::new(),
+    };
     for (b, (xs, os)) in values.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
         let vs = valid.map(|v| &v[b * BLOCK..b * BLOCK + xs.len()]);
-        let (block_kept, at_least_lo) = match vs {
-            None => mark_block(xs, |_| true, lo_bin, hi_bin, os),
-            Some(vs) => mark_block(xs, |j| vs[j] != 0, lo_bin, hi_bin, os),
+        let (above, below, taken, nans) = match vs {
+            None => partition_block(xs, |_| true, lo_key, hi_key, os),
+            Some(vs) => partition_block(xs, |j| vs[j] != 0, lo_key, hi_key, os),
         };
-        kept += block_kept as usize;
-        if at_least_lo != block_kept {
+        pass.above += above as usize;
+        pass.below += below as usize;
+        if taken != above + below || nans > 0 {
             for (j, &x) in xs.iter().enumerate() {
-                let taken = !x.is_nan() && vs.is_none_or(|v| v[j] != 0);
-                if taken && (lo_bin..=hi_bin).contains(&(order_key(x) >> 16)) {
-                    undecided.push((base + b * BLOCK + j, x));
+                let valid_here = vs.is_none_or(|v| v[j] != 0);
+                if valid_here && x.is_nan() {
+                    pass.first_nan = pass.first_nan.or(Some(base + b * BLOCK + j));
+                } else if valid_here && (lo_key..=hi_key).contains(&order_key(x)) {
+                    pass.inside.push((base + b * BLOCK + j, x));
                 }
             }
         }
     }
-    (kept, undecided)
+    pass
+}
+
+/// Values sampled for the bracket of the one-pass selection.
+const SAMPLE: usize = 1 << 18;
+/// Units smaller than this use the histogram path directly.
+const SAMPLED_MIN: usize = 1 << 21;
+
+/// A key bracket that holds the wanted order statistics with overwhelming probability, from a
+/// strided sample of the taken values (Floyd and Rivest, "Expected time bounds for selection",
+/// CACM 1975). `None` if the sample is too small. The caller verifies the bracket by counting.
+fn sample_bracket(e: Entries<'_>, fraction: f64) -> Option<(u32, u32)> {
+    let n = e.values.len();
+    let stride = (n / SAMPLE).max(1);
+    let mut keys: Vec<u32> = (0..n)
+        .step_by(stride)
+        .filter(|&i| e.valid.is_none_or(|v| v[i] != 0) && !e.values[i].is_nan())
+        .map(|i| order_key(e.values[i]))
+        .collect();
+    let m = keys.len();
+    if m < 1024 {
+        return None;
+    }
+    // 4.5 binomial standard deviations either side of the sample position, plus slack: a miss
+    // (probability below 1e-5) only costs the exact histogram path.
+    let spread = 4.5 * (m as f64 * fraction * (1.0 - fraction)).sqrt() + 16.0;
+    let last = (m - 1) as f64;
+    let r_lo = (fraction * last - spread).floor();
+    let r_hi = (fraction * last + spread).ceil();
+    let hi_key = if r_hi >= last {
+        u32::MAX
+    } else {
+        *keys.select_nth_unstable(r_hi as usize).1
+    };
+    let lo_key = if r_lo <= 0.0 {
+        0
+    } else {
+        *keys.select_nth_unstable(r_lo as usize).1
+    };
+    Some((lo_key, hi_key))
 }
 
 /// `h = (N−1)(1−ρ)` (or `ρN` for top-k) snapped to the nearest integer when within
@@ -256,6 +350,29 @@ pub fn snapped(h: f64) -> f64 {
     } else {
         h
     }
+}
+
+/// The ranks (0-based, ascending) whose values decide the selection among `n` values; `None`
+/// when nothing is selected (an empty unit, or `TopK` with `⌈ρN⌉ = 0`).
+fn ranks(method: Method, rho: f64, n: u64) -> Option<(u64, u64)> {
+    if n == 0 {
+        return None;
+    }
+    let h = || snapped((n - 1) as f64 * (1.0 - rho));
+    Some(match method {
+        Method::TopK => {
+            let k = snapped(rho * n as f64).ceil() as u64;
+            if k == 0 {
+                return None;
+            }
+            (n - k, n - k)
+        }
+        Method::Linear | Method::Higher | Method::Midpoint => {
+            (h().floor() as u64, h().ceil() as u64)
+        }
+        Method::Lower => (h().floor() as u64, h().floor() as u64),
+        Method::Nearest => (h().round_ties_even() as u64, h().round_ties_even() as u64),
+    })
 }
 
 /// Select the top-ρ values of one unit (`rollout.md` §3): `out[i] = 1` for kept values, 0
@@ -278,9 +395,44 @@ pub fn high_entropy_select(
         return Err(Error::value("mask", "expected one entry per entropy value"));
     }
     let e = Entries { values, valid };
-    let (hist, first_nan) = high_histogram(e);
-    let n: u64 = hist.iter().sum();
-    match (first_nan, nan_policy) {
+    let mut pass = None;
+    if values.len() >= SAMPLED_MIN {
+        if let Some((lo_key, hi_key)) = sample_bracket(e, 1.0 - rho) {
+            let p = partition_pass(e, lo_key, hi_key, out);
+            let n = (p.above + p.below + p.inside.len()) as u64;
+            // The bracket is good when it holds both ranks (verified by counting).
+            let good = match ranks(method, rho, n) {
+                Some((lo, hi)) => {
+                    p.below as u64 <= lo && hi < p.below as u64 + p.inside.len() as u64
+                }
+                None => true,
+            };
+            // A NaN that raises or empties the unit decides the result whatever the bracket.
+            if good || (p.first_nan.is_some() && nan_policy != NanPolicy::Omit) {
+                pass = Some((p, n));
+            }
+        }
+    }
+    let (pass, n) = match pass {
+        Some(found) => found,
+        None => {
+            // Exact histogram of the high 16 bits, then the bracket of the bins holding the ranks.
+            let (hist, first_nan) = high_histogram(e);
+            let n: u64 = hist.iter().sum();
+            let nan_decides = first_nan.is_some() && nan_policy != NanPolicy::Omit;
+            let (lo_key, hi_key) = match (nan_decides, ranks(method, rho, n)) {
+                (false, Some((lo, hi))) => (
+                    (locate(&hist, lo).0 as u32) << 16,
+                    ((locate(&hist, hi).0 as u32) << 16) | 0xFFFF,
+                ),
+                _ => (u32::MAX, u32::MAX),
+            };
+            let mut p = partition_pass(e, lo_key, hi_key, out);
+            p.first_nan = p.first_nan.or(first_nan);
+            (p, n)
+        }
+    };
+    match (pass.first_nan, nan_policy) {
         (Some(i), NanPolicy::Raise) => {
             return Err(Error::value(
                 "entropy",
@@ -297,44 +449,17 @@ pub fn high_entropy_select(
         }
         _ => {}
     }
-    if n == 0 {
+    let Some((lo, hi)) = ranks(method, rho, n) else {
         out.fill(0);
         return Ok(Selection {
             threshold: f64::NAN,
             kept: 0,
-            valid: 0,
+            valid: n as usize,
         });
-    }
-    // The ranks (0-based, ascending) whose values decide the selection.
-    let (lo, hi) = match method {
-        Method::TopK => {
-            let k = snapped(rho * n as f64).ceil() as u64;
-            if k == 0 {
-                out.fill(0);
-                return Ok(Selection {
-                    threshold: f64::NAN,
-                    kept: 0,
-                    valid: n as usize,
-                });
-            }
-            (n - k, n - k)
-        }
-        Method::Linear | Method::Higher | Method::Midpoint => {
-            let h = snapped((n - 1) as f64 * (1.0 - rho));
-            (h.floor() as u64, h.ceil() as u64)
-        }
-        Method::Lower => {
-            let h = snapped((n - 1) as f64 * (1.0 - rho)).floor() as u64;
-            (h, h)
-        }
-        Method::Nearest => {
-            let h = snapped((n - 1) as f64 * (1.0 - rho)).round_ties_even() as u64;
-            (h, h)
-        }
     };
-    let (lo_bin, below) = locate(&hist, lo);
-    let (hi_bin, _) = locate(&hist, hi);
-    let (mut kept, mut undecided) = mark_and_collect(e, lo_bin as u32, hi_bin as u32, out);
+    let below = pass.below as u64;
+    let mut kept = pass.above;
+    let mut undecided = pass.inside;
     let mut sorted: Vec<f32> = undecided.iter().map(|&(_, v)| v).collect();
     sorted.sort_unstable_by(f32::total_cmp);
     let x_lo = sorted[(lo - below) as usize];

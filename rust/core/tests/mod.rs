@@ -48,6 +48,7 @@ macro_rules! for_each_simd_kind {
 mod linear;
 mod pool;
 mod renyi;
+mod select;
 mod simd;
 mod tile;
 mod token;

@@ -29,9 +29,9 @@ Needs (in addition to entcore)::
 Nothing is downloaded at run time (``HF_HUB_OFFLINE=1``). The shipped default buffer
 (``entcore/data/rollouts_smollm2.safetensors``) was made with::
 
-    python examples/make_rollouts.py --prompts 32 --samples 8 --max-new-tokens 128 --seed 0 \\
+    python examples/make_rollouts.py --prompts 32 --samples 8 --max-new-tokens 160 --seed 0 \\
         --dataset chain_sum \\
-        --dataset-config '{"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}' \\
+        --dataset-config '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}' \\
         --batch-prompts 8 --threads 1
 
 (these are also the defaults). One torch thread is the fastest setting on a busy 2-core machine
@@ -70,7 +70,7 @@ TOPK = 20
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "python" / "entcore" / "data" / "rollouts_smollm2.safetensors"
 
-DEFAULT_CONFIG = '{"min_terms": 2, "max_terms": 3, "min_digits": 1, "max_digits": 2}'
+DEFAULT_CONFIG = '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}'
 ANSWER_EXTRACTION = (
     "the content of the last <answer>...</answer> tag if any; else of the last \\boxed{...}; "
     "else the last number in the completion (optional minus sign, digits with thousands "
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=32, help="problems (groups)")
     parser.add_argument("--samples", type=int, default=8, help="completions per problem (G)")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0, help="dataset and sampling seed")
     parser.add_argument("--dataset", default="chain_sum", help="a reasoning-gym generator")
     parser.add_argument(

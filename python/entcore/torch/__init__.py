@@ -7,6 +7,10 @@ there and are processed in row chunks by torch (``token.md`` §8). Results are f
 the input's device. The torch-only memory knobs (``chunk_rows``, ``row_block``, ``vocab_block``,
 ``vocab_process_group``) change the rounding at most (``token.md`` §8).
 
+The rollout statistics (``rollout.md``, :mod:`entcore.torch.rollout`, and ``nucleus_entropy`` in
+:mod:`entcore.torch.nucleus`) compute in float64 on the input's device and return float32 (float64
+for float64 input) per-token results and losses, float64 summaries; see their module docstring.
+
 Requires torch: ``pip install entcore[torch]``.
 """
 

@@ -31,11 +31,11 @@ def nucleus_entropy(
     top_p`` gives an empty nucleus and 0); ``q = p·keep / (Σ p·keep + 1e-12)``,
     ``H^p = −Σ q log(q + 1e-12)``.
 
-    Differentiable through ``p`` (not through the cut). ``LSE(z')`` over the full vocabulary is
-    taken in float32 (float64 for float64 logits); the ``top_k`` kept logits are scaled and the
-    tail (``p``, cumulative sum, cut, ``q``, ``H^p``) computed in float64. ``-inf`` logits
-    have ``p = 0``; NaN, ``+inf`` or an all ``-inf`` row → ``ValueError``. ``temperature``:
-    ``T > 0``, a scalar or one value per row.
+    Differentiable through ``p`` (not through the cut). ``s = Σ exp(z' − max z')`` over the full
+    vocabulary is taken in float32 (float64 for float64 logits); the ``top_k`` kept logits are
+    scaled and the tail (``p``, cumulative sum, cut, ``q``, ``H^p``) computed in float64.
+    ``-inf`` logits have ``p = 0``; NaN, ``+inf`` or an all ``-inf`` row → ``ValueError``.
+    ``temperature``: ``T > 0``, a scalar or one value per row.
 
     Args:
         logits: ``(..., V)`` float32, float16, bfloat16 or float64 tensor, ``V ≥ 1``.
@@ -78,16 +78,20 @@ def nucleus_entropy(
         raise ValueError(f"logits: row {row} has every logit -inf (no finite entry)")
     temps = _row_temperatures(temperature, row_shape, z.shape[0], z.device)
 
+    # As the reference: m = max z', s = Σ exp(z' − m) (in acc, over the full vocabulary),
+    # log p = (z' − m) − log s. m is a constant for autograd (p does not depend on it).
     scaled = z.to(acc) / temps.to(acc)[:, None]  # z' = z / T after the upcast, never in place
     if bool((scaled.detach() == math.inf).any()):
         raise ValueError("temperature: too small, logits / temperature overflows")
-    lse = torch.logsumexp(scaled, dim=-1)
+    m = detached.amax(dim=-1).to(torch.float64) / temps  # max z' (T > 0 keeps the order)
+    s = torch.exp(scaled - m.to(acc)[:, None]).sum(dim=-1)
     k = min(int(top_k), vocab)
     # The order of z' = z / T is the order of z (ties: equal logits), so rank the raw logits;
     # the kept logits are rescaled in float64 as the reference does.
     index = _top_indices(detached, k)
     top = torch.gather(z, -1, index).to(torch.float64) / temps[:, None]
-    p_sorted = torch.exp(top - lse.to(torch.float64)[:, None])  # exactly 0 at -inf logits
+    log_s = torch.log(s.to(torch.float64))[:, None]
+    p_sorted = torch.exp((top - m[:, None]) - log_s)  # exactly 0 at -inf logits
     cumulative = torch.cumsum(p_sorted.detach(), dim=-1)
     reached = cumulative >= p_cut
     cut = torch.where(reached.any(dim=-1), torch.argmax(reached.to(torch.int8), dim=-1), k)

@@ -98,9 +98,8 @@ AGG_MODES = (
 )
 QUANTILE_METHODS = ("linear", "lower", "higher", "nearest", "midpoint", "topk")
 HIGH_ENTROPY_NAN_POLICIES = ("raise", "propagate", "omit")
-#: The methods and NaN policies the Rust-backed NumPy face handles (CPU fast path).
-_CORE_METHODS = ("linear", "lower", "nearest", "topk")
-_CORE_NAN_POLICIES = ("raise", "omit")
+#: The methods the CPU fast path sends to the Rust-backed NumPy face (all of them).
+_CORE_METHODS = QUANTILE_METHODS
 
 #: ``h`` within ``2⁻³⁰·max(1, h)`` of an integer is snapped to it (§3).
 SNAP = 2.0**-30
@@ -387,16 +386,20 @@ def _host_cu_seqlens(cu_seqlens: Any, n_tokens: int) -> np.ndarray:
 class _Layout:
     """The token layout of one call as a ``(B, W)`` grid on the input's device.
 
-    ``valid``: ``(B, W)`` bool, the valid response tokens (slot ∧ mask). ``index``: ``(B, W)``
-    int64 flat index of each cell (packed input only; 0 where the cell is no slot). Row-major
-    grid order over slots is the flat order of §0.3 in both layouts.
+    ``valid``: ``(B, W)`` bool, the valid response tokens (slot ∧ mask). Packed input only:
+    ``index`` ``(B, W)`` int64, the flat index of each cell (0 where the cell is no slot);
+    ``token_row``, ``token_pos`` ``(N,)``, the cell of each token; ``token_valid`` ``(N,)`` its
+    mask. Row-major grid order over slots is the flat order of §0.3 in both layouts.
     """
 
     packed: bool
     shape: tuple[int, ...]
     device: torch.device
     valid: torch.Tensor
-    index: torch.Tensor | None
+    index: torch.Tensor | None = None
+    token_row: torch.Tensor | None = None
+    token_pos: torch.Tensor | None = None
+    token_valid: torch.Tensor | None = None
 
     @property
     def n_rows(self) -> int:
@@ -444,56 +447,87 @@ class _Layout:
         return self.grid(name, _as_bool(name, x, self.device)) & self.valid
 
     def tokens(self, grid: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """A grid back in the input layout (cast to ``dtype``); 0 (False) at invalid positions."""
+        """A grid back in the input layout (cast to ``dtype``); 0 (False) at invalid positions.
+
+        A gather (differentiable), never a scatter: each token reads its own cell.
+        """
         if dtype is not None:
             grid = grid.to(dtype)
-        if self.index is None:
-            if grid.dtype == torch.bool:
-                return grid & self.valid
-            return torch.where(
-                self.valid, grid, torch.zeros((), dtype=grid.dtype, device=grid.device)
-            )
-        out = torch.zeros(self.shape, dtype=grid.dtype, device=self.device)
-        return torch.index_put(out, (self.index[self.valid],), grid[self.valid])
+        if self.token_row is None:
+            valid = self.valid
+        else:
+            assert self.token_pos is not None and self.token_valid is not None
+            grid = grid[self.token_row, self.token_pos]
+            valid = self.token_valid
+        if grid.dtype == torch.bool:
+            return grid & valid
+        return torch.where(valid, grid, torch.zeros((), dtype=grid.dtype, device=grid.device))
 
 
 def _layout(name: str, x: torch.Tensor, mask: Any, cu_seqlens: Any) -> _Layout:
     """The layout of the token tensor ``x`` with its ``mask`` and ``cu_seqlens`` (§0.1)."""
     device = x.device
+    mask_t = None
+    if mask is not None:
+        mask_t = _as_bool("mask", mask, device)
+        if tuple(mask_t.shape) != tuple(x.shape):
+            raise ValueError(
+                f"mask: expected shape {tuple(x.shape)} (as {name}), got {tuple(mask_t.shape)}"
+            )
     if cu_seqlens is None:
         if x.ndim != 2:
             raise ValueError(
                 f"{name}: expected a padded (B, L) tensor (or (N,) with cu_seqlens), "
                 f"got shape {tuple(x.shape)}"
             )
-        slot = None
-        index = None
-        n_rows, width = x.shape
-    else:
-        if x.ndim != 1:
-            raise ValueError(
-                f"{name}: expected a packed (N,) tensor with cu_seqlens, got shape {tuple(x.shape)}"
-            )
-        cu = _host_cu_seqlens(cu_seqlens, x.shape[0])
-        lengths = np.diff(cu)
-        n_rows = lengths.shape[0]
-        width = int(lengths.max()) if n_rows else 0
-        cu_t = torch.as_tensor(cu, device=device)
-        columns = torch.arange(width, dtype=torch.int64, device=device)
-        slot = columns[None, :] < (cu_t[1:] - cu_t[:-1])[:, None]
-        index = torch.where(slot, cu_t[:-1, None] + columns[None, :], 0)
-    if mask is None:
-        valid = (
-            torch.ones((n_rows, width), dtype=torch.bool, device=device) if slot is None else slot
+        if mask_t is None:
+            mask_t = torch.ones(tuple(x.shape), dtype=torch.bool, device=device)
+        return _Layout(False, tuple(x.shape), device, mask_t)
+    if x.ndim != 1:
+        raise ValueError(
+            f"{name}: expected a packed (N,) tensor with cu_seqlens, got shape {tuple(x.shape)}"
         )
+    n_tokens = x.shape[0]
+    cu = _host_cu_seqlens(cu_seqlens, n_tokens)
+    lengths = np.diff(cu)
+    n_rows = lengths.shape[0]
+    width = int(lengths.max()) if n_rows else 0
+    cu_t = torch.as_tensor(cu, device=device)
+    lengths_t = cu_t[1:] - cu_t[:-1]
+    columns = torch.arange(width, dtype=torch.int64, device=device)
+    slot = columns[None, :] < lengths_t[:, None]
+    index = torch.where(slot, cu_t[:-1, None] + columns[None, :], 0)
+    rows = torch.arange(n_rows, dtype=torch.int64, device=device)
+    token_row = torch.repeat_interleave(rows, lengths_t, output_size=n_tokens)
+    token_pos = torch.arange(n_tokens, dtype=torch.int64, device=device) - cu_t[token_row]
+    if mask_t is None:
+        token_valid = torch.ones(n_tokens, dtype=torch.bool, device=device)
+        valid = slot
     else:
-        mask_t = _as_bool("mask", mask, device)
-        if tuple(mask_t.shape) != tuple(x.shape):
-            raise ValueError(
-                f"mask: expected shape {tuple(x.shape)} (as {name}), got {tuple(mask_t.shape)}"
-            )
-        valid = mask_t if slot is None else slot & mask_t[index]
-    return _Layout(cu_seqlens is not None, tuple(x.shape), device, valid, index)
+        token_valid = mask_t
+        valid = slot & mask_t[index]
+    return _Layout(True, (n_tokens,), device, valid, index, token_row, token_pos, token_valid)
+
+
+def _unit_means(
+    values: torch.Tensor, valid: torch.Tensor, row_unit: torch.Tensor, n_units: int
+) -> torch.Tensor:
+    """Mean of the valid grid values of each unit as ``x_0 + Σ(x − x_0)/n`` (``x_0`` its first
+    valid value): exact for a constant unit (a GRPO sequence advantage), so equal values stay
+    equal; NaN-free 0 for an empty unit."""
+    n_rows, width = valid.shape
+    cells = n_rows * width
+    cell_unit = row_unit[:, None].expand(n_rows, width)
+    flat = torch.arange(cells, dtype=torch.int64, device=valid.device).reshape(n_rows, width)
+    first = torch.full((n_units,), cells, dtype=torch.int64, device=valid.device)
+    first = first.scatter_reduce(
+        0, cell_unit.reshape(-1), torch.where(valid, flat, cells).reshape(-1), reduce="amin"
+    )
+    x0 = values.reshape(-1)[first.clamp(max=max(cells - 1, 0))] if cells else first.to(_F64)
+    x0 = torch.where(first < cells, x0, 0.0)
+    deviation = torch.where(valid, values - x0[row_unit][:, None], 0.0).sum(dim=1)
+    count = _unit_sum(valid.sum(dim=1).to(_F64), row_unit, n_units)
+    return x0 + _unit_sum(deviation, row_unit, n_units) / torch.where(count > 0, count, 1.0)
 
 
 def _units(
@@ -790,7 +824,7 @@ def high_entropy_mask(
     method = choice("method", method, QUANTILE_METHODS)
     nan_policy = choice("nan_policy", nan_policy, HIGH_ENTROPY_NAN_POLICIES)
     x = _float_tensor("entropy", entropy)
-    if x.device.type == "cpu" and method in _CORE_METHODS and nan_policy in _CORE_NAN_POLICIES:
+    if x.device.type == "cpu" and method in _CORE_METHODS:
         return _high_entropy_mask_core(
             x, mask, rho, method, cu_seqlens, scope, micro_batch, nan_policy, return_threshold
         )
@@ -818,17 +852,20 @@ def _high_entropy_mask_core(
     nan_policy: str,
     return_threshold: bool,
 ) -> Any:
-    """CPU path: the Rust-backed NumPy face on zero-copy views of the tensors."""
+    """CPU path: the Rust-backed NumPy face on zero-copy views of the tensors.
+
+    The NaN policy is applied here (``"omit"`` folds NaN tokens into the mask, ``"propagate"``
+    masks out every unit holding one), so the core only ever sees NaN at invalid positions.
+    """
     from entcore import rollout as _np_rollout
 
-    lay_mask = None
+    mask_t = None
     if mask is not None:
         mask_t = _as_bool("mask", mask, x.device)
         if tuple(mask_t.shape) != tuple(x.shape):
             raise ValueError(
                 f"mask: expected shape {tuple(x.shape)} (as entropy), got {tuple(mask_t.shape)}"
             )
-        lay_mask = mask_t.numpy()
     cu = None
     if cu_seqlens is not None:
         if x.ndim != 1:
@@ -837,11 +874,43 @@ def _high_entropy_mask_core(
                 f"{tuple(x.shape)}"
             )
         cu = _host_cu_seqlens(cu_seqlens, x.shape[0])
+        n_rows = cu.shape[0] - 1
     elif x.ndim != 2:
         raise ValueError(
             f"entropy: expected a padded (B, L) tensor (or (N,) with cu_seqlens), got shape "
             f"{tuple(x.shape)}"
         )
+    else:
+        n_rows = x.shape[0]
+    if n_rows == 0:  # no rows, no units
+        return _high_entropy_mask_sorted(
+            x, mask, rho, method, cu_seqlens, scope, micro_batch, nan_policy, return_threshold
+        )
+    nan = torch.isnan(x.detach())
+    if bool(nan.any()):
+        nan = nan if mask_t is None else nan & mask_t
+        if bool(nan.any()):
+            if nan_policy == "raise":
+                raise ValueError(
+                    "entropy: contains NaN at a valid position (nan_policy='raise'); pass "
+                    "nan_policy='omit' or 'propagate'"
+                )
+            keep = ~nan
+            if nan_policy == "propagate":
+                row_unit, n_units = _units(scope, micro_batch, n_rows, x.device)
+                if cu is None:
+                    nan_rows = nan.any(dim=1)
+                else:
+                    token_row = torch.repeat_interleave(
+                        torch.arange(n_rows), torch.as_tensor(np.diff(cu))
+                    )
+                    nan_rows = torch.zeros(n_rows, dtype=torch.bool)
+                    nan_rows[token_row[nan]] = True
+                poisoned = _unit_sum(nan_rows.to(torch.int64), row_unit, n_units) > 0
+                dropped = poisoned[row_unit]
+                keep = ~(dropped[:, None] if cu is None else dropped[token_row])
+                keep = keep.expand(x.shape)
+            mask_t = keep if mask_t is None else mask_t & keep
     if isinstance(micro_batch, torch.Tensor):
         micro_batch = (
             micro_batch.item()
@@ -850,13 +919,13 @@ def _high_entropy_mask_core(
         )
     selected, tau = _np_rollout.high_entropy_mask(
         _numpy_view(x),
-        lay_mask,
+        None if mask_t is None else mask_t.numpy(),
         rho=rho,
         method=method,
         cu_seqlens=cu,
         scope=scope,
         micro_batch=micro_batch,
-        nan_policy=nan_policy,
+        nan_policy="raise",  # NaN at valid positions is handled above
         return_threshold=True,
     )
     out = torch.from_numpy(np.ascontiguousarray(selected, dtype=np.bool_))
@@ -882,7 +951,12 @@ def _high_entropy_mask_sorted(
     nan_policy: str,
     return_threshold: bool,
 ) -> Any:
-    """Device path: one sort of int64 keys ``unit · 2³² + uint32(x)`` (any ``N``, exact)."""
+    """Device path: one sort of int64 keys ``unit · 2³² + uint32(x)`` (invalid cells last).
+
+    Any ``N``, exact: the order statistics are read at ``offset_u + ⌊h⌋``, ``offset_u + ⌈h⌉`` of
+    the sorted keys and the selection is a comparison with the fp32 cut value; ``"topk"`` sorts
+    ``unit · 2³² + (2³² − 1 − uint32(x))`` stably (descending, ties by lower flat index).
+    """
     lay = _layout("entropy", x, mask, cu_seqlens)
     device = lay.device
     g = lay.grid("entropy", x.detach()).to(torch.float32)
@@ -893,42 +967,52 @@ def _high_entropy_mask_sorted(
             "entropy: contains NaN at a valid position (nan_policy='raise'); pass "
             "nan_policy='omit' or 'propagate'"
         )
-    row_unit, n_units = _units(scope, micro_batch, lay.n_rows, device)
-    cell_unit = row_unit[:, None].expand(lay.n_rows, lay.width)
+    n_rows, width = lay.n_rows, lay.width
+    row_unit, n_units = _units(scope, micro_batch, n_rows, device)
     valid = lay.valid & ~nan_cells if has_nan else lay.valid
     if has_nan and nan_policy == "propagate":
-        poisoned = torch.zeros(n_units, dtype=torch.bool, device=device)
-        poisoned[cell_unit[nan_cells]] = True
-        valid = valid & ~poisoned[cell_unit]
+        poisoned = _unit_sum(nan_cells.any(dim=1).to(torch.int64), row_unit, n_units) > 0
+        valid = valid & ~poisoned[row_unit][:, None]
 
-    values = g[valid]
-    unit = cell_unit[valid]
-    counts = torch.bincount(unit, minlength=n_units)[:n_units]
-    n = counts.to(_F64)
+    g = torch.where(valid, g, 0.0) + 0.0  # -0.0 → +0.0; invalid cells are never compared
+    counts = _unit_sum(valid.sum(dim=1), row_unit, n_units)
     offsets = torch.cumsum(counts, 0) - counts
+    n = counts.to(_F64)
+    nonempty = counts > 0
     tau = torch.full((n_units,), math.nan, dtype=_F64, device=device)
-    keep = torch.zeros(values.shape, dtype=torch.bool, device=device)
-    total = values.shape[0]
-    if total:
+    selected = torch.zeros((n_rows, width), dtype=torch.bool, device=device)
+    cells = n_rows * width
+    if cells and n_units:
+        values = g.reshape(-1)
         image = _float_keys(values)
-        nonempty = counts > 0
         if method == "topk":
-            order = torch.sort(unit * _TWO32 + (_TWO32 - 1 - image), stable=True).indices
-            rank = torch.arange(total, dtype=torch.int64, device=device) - offsets[unit[order]]
+            image = (_TWO32 - 1) - image
+        if n_units > 1:
+            image = image + (row_unit * _TWO32)[:, None].expand(n_rows, width).reshape(-1)
+        keys = torch.where(valid.reshape(-1), image, n_units * _TWO32)
+        sorted_keys, order = torch.sort(keys, stable=method == "topk")
+        if method == "topk":
             k = torch.ceil(_snap(rho * n)).to(torch.int64)
-            keep[order] = rank < k[unit[order]]
-            last = (offsets + k - 1).clamp(0, total - 1)
+            unit_sorted = torch.clamp(sorted_keys // _TWO32, max=n_units - 1)
+            rank = torch.arange(cells, dtype=torch.int64, device=device) - offsets[unit_sorted]
+            keep_sorted = (rank < k[unit_sorted]) & (sorted_keys < n_units * _TWO32)
+            keep = torch.empty(cells, dtype=torch.bool, device=device)
+            keep[order] = keep_sorted
+            selected = keep.reshape(n_rows, width)
+            last = (offsets + k - 1).clamp(0, cells - 1)
             tau = torch.where(nonempty & (k > 0), values[order[last]].to(_F64), math.nan)
         else:
-            order = torch.sort(unit * _TWO32 + image).indices
-            ordered = values[order].to(_F64)
+
+            def statistic(position: torch.Tensor) -> torch.Tensor:
+                at = (offsets + position.clamp(min=0).to(torch.int64)).clamp(0, cells - 1)
+                return values[order[at]].to(_F64)
+
             h = _snap((n - 1.0) * (1.0 - rho))
             lo, hi = torch.floor(h), torch.ceil(h)
-            x_lo = ordered[(offsets + lo.clamp(min=0).to(torch.int64)).clamp(0, total - 1)]
-            x_hi = ordered[(offsets + hi.clamp(min=0).to(torch.int64)).clamp(0, total - 1)]
-            interpolated = torch.where(lo == hi, x_lo, x_lo + (h - lo) * (x_hi - x_lo))
+            x_lo, x_hi = statistic(lo), statistic(hi)
             if method == "linear":
-                tau, cut = interpolated, x_hi
+                tau = torch.where(lo == hi, x_lo, x_lo + (h - lo) * (x_hi - x_lo))
+                cut = x_hi
             elif method == "lower":
                 tau = cut = x_lo
             elif method == "higher":
@@ -936,13 +1020,11 @@ def _high_entropy_mask_sorted(
             elif method == "midpoint":
                 tau, cut = torch.where(lo == hi, x_lo, (x_lo + x_hi) / 2.0), x_hi
             else:  # "nearest": round half to even, as torch.quantile and numpy
-                near = torch.round(h).clamp(min=0).to(torch.int64)
-                tau = cut = ordered[(offsets + near).clamp(0, total - 1)]
+                tau = cut = statistic(torch.round(h))
             tau = torch.where(nonempty, tau, math.nan)
-            keep = values.to(_F64) >= cut[unit]
-    selected = torch.zeros(lay.valid.shape, dtype=torch.bool, device=device)
-    selected[valid] = keep
-    out = lay.tokens(selected)
+            cut32 = cut.to(torch.float32)  # an fp32 value exactly: the comparison is exact
+            selected = valid & (g >= cut32[row_unit][:, None])
+    out = lay.tokens(selected & valid)
     return (out, tau) if return_threshold else out
 
 
@@ -1109,12 +1191,9 @@ def _centered_cov_grid(
     adv: torch.Tensor, lp: torch.Tensor, valid: torch.Tensor, row_unit: torch.Tensor, n_units: int
 ) -> torch.Tensor:
     """``c = (A − Ā)(ℓ − ℓ̄)`` on the grid, unit means over valid cells, 0 elsewhere."""
-    count = _unit_sum(valid.sum(dim=1).to(_F64), row_unit, n_units)
-    safe = torch.where(count > 0, count, 1.0)
-    a_bar = _unit_sum(adv.sum(dim=1), row_unit, n_units) / safe
-    l_bar = _unit_sum(lp.sum(dim=1), row_unit, n_units) / safe
-    cov = (adv - a_bar[row_unit][:, None]) * (lp - l_bar[row_unit][:, None])
-    return torch.where(valid, cov, 0.0)
+    a_bar = _unit_means(adv, valid, row_unit, n_units)[row_unit][:, None]
+    l_bar = _unit_means(lp, valid, row_unit, n_units)[row_unit][:, None]
+    return torch.where(valid, (adv - a_bar) * (lp - l_bar), 0.0)
 
 
 def centered_cov(
@@ -2009,9 +2088,10 @@ def siren_regularizer(
     """SIREN regulariser ``coef · (Ē − anchor)²`` (``rollout.md`` §13), differentiable in ``h``.
 
     ``Ē`` = mean over all rows of the unit of each row's mean ``h`` over its selected tokens (0
-    for rows with none, still counted); ``anchor=None`` returns ``Ē``. A 0-dim tensor with one
-    unit by construction (``micro_batch=None`` or ``scope="batch"``), else ``(U,)``. float32
-    (float64). arXiv 2509.25133; Linn3a/siren ``dp_actor.py``.
+    for rows with none, still counted); ``anchor=None`` returns ``Ē`` (float64, so that the
+    regulariser is exactly 0 at that anchor). A 0-dim tensor with one unit by construction
+    (``micro_batch=None`` or ``scope="batch"``), else ``(U,)``; float32 (float64).
+    arXiv 2509.25133; Linn3a/siren ``dp_actor.py``.
     """
     coef = _real("coef", coef)
     h_t = _float_tensor("h", h)
@@ -2037,7 +2117,8 @@ def siren_regularizer(
         if bool(torch.isnan(anchors).any()):
             raise ValueError("anchor: contains NaN")
         result = coef * (e_bar - anchors) ** 2
-    out = _out_dtype(h_t)
+    # Ē itself stays float64, so that the regulariser is exactly 0 at an anchor it returned.
+    out = _F64 if anchor is None else _out_dtype(h_t)
     if single:
         if n_units == 0:
             return torch.zeros((), dtype=out, device=device)

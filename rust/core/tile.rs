@@ -11,10 +11,10 @@ pub const TILE: usize = 2048;
 const MAX_STEP: usize = 32;
 /// Most accumulators per lane of any [`Lanes`].
 const MAX_UNROLL: usize = 2;
-/// Steps between flushes of the f32 lane sums into the f64 tile sums: a lane adds at most this
+/// Steps between flushes of the f32 lane sums into the f64 lane sums: a lane adds at most this
 /// many terms in f32, so terms below half an ulp of the lane's largest one (e.g. `e^−16.6`
-/// beside the maximum's `exp(0) = 1`) lose at most `FLUSH · 2⁻²⁴` relative in total.
-const FLUSH: usize = 16;
+/// beside the maximum's `exp(0) = 1`) lose at most `FLUSH · 2⁻²⁴ ≈ 2e-6` relative in total.
+const FLUSH: usize = 32;
 
 /// Scratch space for one tile of scaled logits.
 pub type TileBuf = [f32; TILE];
@@ -124,31 +124,34 @@ unsafe fn tile_sums<L: Lanes, S: Source, const Q: bool>(
     let mut q = [zero; MAX_UNROLL];
     let n = src.len();
     let full = n / step * step;
-    let mut state = State {
-        m: m as f64,
-        s: 0.0,
-        w: 0.0,
-        q: 0.0,
-    };
+    let mut sums = [L::dzero(); 3];
+    // Blocks of FLUSH steps: the f32 accumulators live in registers through a block, the f64
+    // sums are touched once per block (outside the hot loop, so they need no register). The
+    // ragged end, padded with −∞, is the last step of the last block, exactly where it would be
+    // if the row were longer: appended −∞ entries change no bit of the result.
+    let mut pad = [S::NEG_INFINITY; MAX_STEP];
+    pad[..n - full].copy_from_slice(&src[full..]);
+    let total = n.div_ceil(step) * step;
     let mut i = 0;
-    let mut steps = 0;
-    while i < full {
-        L::prefetch(next.wrapping_add(i * next_step));
-        accumulate::<L, S, Q>(src.as_ptr().add(i), mv, floor, &mut s, &mut w, &mut q);
-        i += step;
-        steps += 1;
-        if steps == FLUSH {
-            flush::<L, Q>(&mut state, &mut s, &mut w, &mut q);
-            steps = 0;
+    while i < total {
+        let block_end = total.min(i + FLUSH * step);
+        while i < block_end.min(full) {
+            L::prefetch(next.wrapping_add(i * next_step));
+            accumulate::<L, S, Q>(src.as_ptr().add(i), mv, floor, &mut s, &mut w, &mut q);
+            i += step;
         }
+        if i < block_end {
+            accumulate::<L, S, Q>(pad.as_ptr(), mv, floor, &mut s, &mut w, &mut q);
+            i += step;
+        }
+        flush::<L, Q>(&mut sums, &mut s, &mut w, &mut q);
     }
-    if full < n {
-        let mut pad = [S::NEG_INFINITY; MAX_STEP];
-        pad[..n - full].copy_from_slice(&src[full..]);
-        accumulate::<L, S, Q>(pad.as_ptr(), mv, floor, &mut s, &mut w, &mut q);
+    State {
+        m: m as f64,
+        s: L::dsum(sums[0]),
+        w: L::dsum(sums[1]),
+        q: if Q { L::dsum(sums[2]) } else { 0.0 },
     }
-    flush::<L, Q>(&mut state, &mut s, &mut w, &mut q);
-    state
 }
 
 /// A whole row, tile by tile. Returns the state and whether NaN or +inf was seen.
@@ -233,21 +236,22 @@ unsafe fn accumulate<L: Lanes, S: Source, const Q: bool>(
     }
 }
 
-/// Add the f32 lane sums into the f64 tile sums and clear them (never a closure: closures do
-/// not inherit the caller's target features, so their lane operations would not inline).
+/// Add the f32 lane sums into the f64 lanes of `sums` (`s`, `w`, `q`) and clear them (never a
+/// closure: closures do not inherit the caller's target features, so their lane operations
+/// would not inline).
 #[inline(always)]
 unsafe fn flush<L: Lanes, const Q: bool>(
-    state: &mut State,
+    sums: &mut [L::D; 3],
     s: &mut [L::V; MAX_UNROLL],
     w: &mut [L::V; MAX_UNROLL],
     q: &mut [L::V; MAX_UNROLL],
 ) {
     let zero = L::splat(0.0);
     for u in 0..L::UNROLL {
-        state.s += L::hsum(s[u]);
-        state.w += L::hsum(w[u]);
+        sums[0] = L::dadd(sums[0], s[u]);
+        sums[1] = L::dadd(sums[1], w[u]);
         if Q {
-            state.q += L::hsum(q[u]);
+            sums[2] = L::dadd(sums[2], q[u]);
         }
         (s[u], w[u], q[u]) = (zero, zero, zero);
     }

@@ -13,6 +13,7 @@ impl Lanes for Avx2 {
     const WIDTH: usize = 8;
     const UNROLL: usize = 1;
     type V = __m256;
+    type D = (__m256d, __m256d);
     type Flag = __m256;
 
     #[inline(always)]
@@ -76,10 +77,21 @@ impl Lanes for Avx2 {
         lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
     #[inline(always)]
-    unsafe fn hsum(a: __m256) -> f64 {
-        let mut lanes = [0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), a);
-        lanes.iter().map(|&x| x as f64).sum()
+    unsafe fn dzero() -> (__m256d, __m256d) {
+        (_mm256_setzero_pd(), _mm256_setzero_pd())
+    }
+    #[inline(always)]
+    unsafe fn dadd(acc: (__m256d, __m256d), v: __m256) -> (__m256d, __m256d) {
+        let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+        (_mm256_add_pd(acc.0, lo), _mm256_add_pd(acc.1, hi))
+    }
+    #[inline(always)]
+    unsafe fn dsum(acc: (__m256d, __m256d)) -> f64 {
+        let mut lanes = [0f64; 8];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), acc.0);
+        _mm256_storeu_pd(lanes.as_mut_ptr().add(4), acc.1);
+        lanes.iter().sum()
     }
     #[inline(always)]
     unsafe fn flag_none() -> __m256 {

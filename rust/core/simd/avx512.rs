@@ -13,6 +13,7 @@ impl Lanes for Avx512 {
     const WIDTH: usize = 16;
     const UNROLL: usize = 2;
     type V = __m512;
+    type D = (__m512d, __m512d);
     type Flag = __mmask16;
 
     #[inline(always)]
@@ -76,10 +77,23 @@ impl Lanes for Avx512 {
         lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max)
     }
     #[inline(always)]
-    unsafe fn hsum(a: __m512) -> f64 {
-        let mut lanes = [0f32; 16];
-        _mm512_storeu_ps(lanes.as_mut_ptr(), a);
-        lanes.iter().map(|&x| x as f64).sum()
+    unsafe fn dzero() -> (__m512d, __m512d) {
+        (_mm512_setzero_pd(), _mm512_setzero_pd())
+    }
+    #[inline(always)]
+    unsafe fn dadd(acc: (__m512d, __m512d), v: __m512) -> (__m512d, __m512d) {
+        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(v),
+        )));
+        (_mm512_add_pd(acc.0, lo), _mm512_add_pd(acc.1, hi))
+    }
+    #[inline(always)]
+    unsafe fn dsum(acc: (__m512d, __m512d)) -> f64 {
+        let mut lanes = [0f64; 16];
+        _mm512_storeu_pd(lanes.as_mut_ptr(), acc.0);
+        _mm512_storeu_pd(lanes.as_mut_ptr().add(8), acc.1);
+        lanes.iter().sum()
     }
     #[inline(always)]
     unsafe fn flag_none() -> __mmask16 {

@@ -33,6 +33,8 @@ pub trait Lanes: Copy {
     /// Independent accumulators per lane (more only where registers allow).
     const UNROLL: usize;
     type V: Copy;
+    /// f64 lanes that accumulate flushed f32 lane sums.
+    type D: Copy;
     /// Accumulated "some lane was NaN or +inf".
     type Flag: Copy;
 
@@ -54,8 +56,11 @@ pub trait Lanes: Copy {
     /// `2^n` for integral `n` in `[-127, 127]`; `n = −127` gives exactly 0.
     unsafe fn pow2i(n: Self::V) -> Self::V;
     unsafe fn hmax(a: Self::V) -> f32;
-    /// Sum of the lanes in lane order, in f64.
-    unsafe fn hsum(a: Self::V) -> f64;
+    unsafe fn dzero() -> Self::D;
+    /// `acc + widen(v)`, lane by lane in f64.
+    unsafe fn dadd(acc: Self::D, v: Self::V) -> Self::D;
+    /// Sum of the f64 lanes in lane order.
+    unsafe fn dsum(acc: Self::D) -> f64;
     unsafe fn flag_none() -> Self::Flag;
     /// Record lanes that are NaN or +inf.
     unsafe fn flag_bad(flag: Self::Flag, x: Self::V) -> Self::Flag;

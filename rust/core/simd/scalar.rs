@@ -11,6 +11,7 @@ impl Lanes for Scalar {
     const WIDTH: usize = 1;
     const UNROLL: usize = 2;
     type V = f32;
+    type D = f64;
     type Flag = bool;
 
     #[inline(always)]
@@ -74,8 +75,16 @@ impl Lanes for Scalar {
         a
     }
     #[inline(always)]
-    unsafe fn hsum(a: f32) -> f64 {
-        a as f64
+    unsafe fn dzero() -> f64 {
+        0.0
+    }
+    #[inline(always)]
+    unsafe fn dadd(acc: f64, v: f32) -> f64 {
+        acc + v as f64
+    }
+    #[inline(always)]
+    unsafe fn dsum(acc: f64) -> f64 {
+        acc
     }
     #[inline(always)]
     unsafe fn flag_none() -> bool {

@@ -416,12 +416,18 @@ impl LaneTest for Primitives {
             "hmax of -inf"
         );
 
-        // Horizontal sum in f64: 1 + (W−1)·2^−40 is not a float32 but is exact in f64.
+        // Widening accumulation and its sum in f64: 1 + (W−1)·2^−40 is not a float32 but is
+        // exact in f64; twice the same vector doubles every lane.
         let mut v = vec![2f32.powi(-40); 16];
         v[0] = 1.0;
         let want = 1.0 + (w as f64 - 1.0) * 2f64.powi(-40);
-        assert_eq!(L::hsum(Self::from::<L>(&v)), want, "hsum in f64");
-        assert_eq!(L::hsum(Self::from::<L>(&seq)), (w * (w - 1) / 2) as f64);
+        let acc = L::dadd(L::dzero(), Self::from::<L>(&v));
+        assert_eq!(L::dsum(acc), want, "dsum in f64");
+        let acc = L::dadd(
+            L::dadd(L::dzero(), Self::from::<L>(&seq)),
+            Self::from::<L>(&seq),
+        );
+        assert_eq!(L::dsum(acc), (w * (w - 1)) as f64, "dadd lane by lane");
 
         // Bad-value flags: NaN and +∞ in any lane, never −∞ or finite values; sticky.
         let none = L::flag_none();

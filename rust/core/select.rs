@@ -460,10 +460,17 @@ pub fn high_entropy_select(
     let below = pass.below as u64;
     let mut kept = pass.above;
     let mut undecided = pass.inside;
-    let mut sorted: Vec<f32> = undecided.iter().map(|&(_, v)| v).collect();
-    sorted.sort_unstable_by(f32::total_cmp);
-    let x_lo = sorted[(lo - below) as usize];
-    let x_hi = sorted[(hi - below) as usize];
+    // The two order statistics among the bracketed values, by selection (O(n), no sort).
+    let mut inside: Vec<f32> = undecided.iter().map(|&(_, v)| v).collect();
+    let (r_lo, r_hi) = ((lo - below) as usize, (hi - below) as usize);
+    let x_hi = *inside.select_nth_unstable_by(r_hi, f32::total_cmp).1;
+    let x_lo = if r_lo == r_hi {
+        x_hi
+    } else {
+        *inside[..r_hi]
+            .select_nth_unstable_by(r_lo, f32::total_cmp)
+            .1
+    };
     let threshold = match method {
         Method::Linear => {
             let h = snapped((n - 1) as f64 * (1.0 - rho));

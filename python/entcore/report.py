@@ -13,6 +13,7 @@ import io
 import json
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,13 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2f}%"
 
 
-def build_report(buffer: RolloutBuffer, tokenizer_path: Path | None, name: str) -> Report:
+def build_report(
+    buffer: RolloutBuffer,
+    tokenizer_path: Path | None,
+    name: str,
+    step: Callable[[str], None] = lambda stage: None,
+) -> Report:
+    """All sections of the report; ``step(stage)`` is called as each stage starts."""
     b = buffer.to_packed()
     cu = b.cu_seqlens
     lengths = np.diff(cu)
@@ -142,6 +149,7 @@ def build_report(buffer: RolloutBuffer, tokenizer_path: Path | None, name: str) 
         ],
     )
 
+    step("forking tokens")
     fork, tau = entcore.high_entropy_mask(
         entropy, cu_seqlens=cu, rho=0.2, scope="batch", return_threshold=True
     )
@@ -162,6 +170,7 @@ def build_report(buffer: RolloutBuffer, tokenizer_path: Path | None, name: str) 
         ],
     )
 
+    step("masks and selections")
     grpo = entcore.group_advantages(rewards, group)
     seq_entropy = np.array(
         [entropy[cu[i] : cu[i + 1]].mean() if lengths[i] else 0.0 for i in range(len(lengths))]
@@ -196,6 +205,7 @@ def build_report(buffer: RolloutBuffer, tokenizer_path: Path | None, name: str) 
         )
     report.add("What each mask and selection keeps", lines)
 
+    step("advantages")
     order = np.lexsort((np.arange(len(group)), group))
     shown = [g for g in np.unique(group) if len(set(correct[group == g])) > 1][:4]
     adv_lines = ["group  reward  mean H  GRPO adv  CANON adv"]
@@ -241,6 +251,7 @@ def build_report(buffer: RolloutBuffer, tokenizer_path: Path | None, name: str) 
     )
     report.add("Evaluation statistics", pass_lines)
 
+    step("figures")
     report.figures += _figures(entropy, cu, fork, tau[0])
     return report
 
@@ -307,14 +318,50 @@ def write_report(report: Report, out_dir: Path) -> list[Path]:
     return written
 
 
+# A buffer file this large takes more than about 2 s to report on: show a progress bar (stderr).
+PROGRESS_MIN_BYTES = 50 * 2**20
+STAGES = ("load", "summaries", "forking tokens", "masks and selections", "advantages", "figures")
+
+
 def run_report(path: Path, out_dir: Path, tokenizer: Path | None) -> int:
     start = time.perf_counter()
-    buffer = load_rollouts(path)
-    if tokenizer is None:
-        candidate = path.with_name(buffer.metadata.get("tokenizer", "tokenizer.json"))
-        tokenizer = candidate if candidate.exists() else None
-    report = build_report(buffer, tokenizer, path.name)
+    show = path.exists() and path.stat().st_size >= PROGRESS_MIN_BYTES
+    with _progress(show) as step:
+        step("load")
+        buffer = load_rollouts(path)
+        if tokenizer is None:
+            candidate = path.with_name(buffer.metadata.get("tokenizer", "tokenizer.json"))
+            tokenizer = candidate if candidate.exists() else None
+        report = build_report(buffer, tokenizer, path.name, step)
     print(report.text())
     written = write_report(report, out_dir)
     print(f"\nwrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+class _progress:
+    """A stage progress bar on stderr (``rich``) for big buffers; a no-op otherwise."""
+
+    def __init__(self, show: bool):
+        self.bar = None
+        if show:
+            try:
+                from rich.progress import Progress
+            except ImportError:
+                return
+            self.bar = Progress(transient=True)
+
+    def __enter__(self) -> Callable[[str], None]:
+        if self.bar is None:
+            return lambda stage: None
+        self.bar.start()
+        task = self.bar.add_task("rollout report", total=len(STAGES))
+
+        def step(stage: str) -> None:
+            self.bar.update(task, completed=STAGES.index(stage), description=stage)
+
+        return step
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()

@@ -158,3 +158,50 @@ def test_every_spec_name_is_on_the_numpy_face():
     assert set(ref.__all__) <= set(entcore.rollout.__all__) | {"PPOTerms"}
     for name in entcore.rollout.__all__:
         assert getattr(entcore, name) is getattr(entcore.rollout, name)
+
+
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(1, 6),
+    width=st.integers(1, 30),
+    ratio=st.sampled_from([2e-4, 0.1, 0.5, 1.0]),
+    micro_batch=st.sampled_from([None, 2, "ids"]),
+    constant=st.booleans(),
+)
+def test_covariance_and_kl_cov_equal_reference(seed, rows, width, ratio, micro_batch, constant):
+    rng = np.random.default_rng(seed)
+    adv = np.repeat(rng.normal(size=(rows, 1)), width, axis=1)  # a sequence advantage per row
+    if constant:
+        adv = np.round(adv)  # constant units: covariance exactly 0, ties by lower index
+    lp = rng.normal(size=(rows, width))
+    mask = rng.random((rows, width)) > 0.3
+    mb = rng.integers(0, 3, rows) if micro_batch == "ids" else micro_batch
+    for scope in ("micro_batch", "batch"):
+        kw = dict(scope=scope, micro_batch=mb)
+        np.testing.assert_allclose(
+            entcore.centered_cov(adv, lp, mask, **kw),
+            ref.centered_cov(adv, lp, mask, **kw),
+            rtol=1e-12,
+            atol=1e-15,
+        )
+        got = entcore.kl_cov_select(adv, lp, mask, ratio=ratio, **kw)
+        np.testing.assert_array_equal(got, ref.kl_cov_select(adv, lp, mask, ratio=ratio, **kw))
+    flat_adv, flat_mask, cu = packed(adv, mask)
+    np.testing.assert_array_equal(
+        entcore.kl_cov_select(flat_adv, lp.reshape(-1), flat_mask, ratio=ratio, cu_seqlens=cu),
+        entcore.kl_cov_select(adv, lp, mask, ratio=ratio).reshape(-1),
+    )
+
+
+def test_covariance_bad_inputs():
+    adv, lp = np.zeros((2, 3)), np.zeros((2, 4))
+    with pytest.raises(ValueError, match="logprob: expected shape"):
+        entcore.centered_cov(adv, lp)
+    with pytest.raises(ValueError, match="ratio: expected a value in"):
+        entcore.kl_cov_select(adv, adv, ratio=2.0)
+    with pytest.raises(TypeError, match="advantages: expected a float array"):
+        entcore.centered_cov(adv.astype(np.int64), adv)
+    bad = adv.copy()
+    bad[0, 1] = np.nan
+    with pytest.raises(ValueError, match="advantages: valid token 1 is NaN"):
+        entcore.centered_cov(bad, adv)

@@ -90,6 +90,18 @@ def window_means(
 ) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """``(W, defined)``: sliding-window means per token (``rollout.md`` §8)."""
 
+def centered_cov(
+    advantages: NDArray[np.float64],
+    logprob: NDArray[np.float64],
+    valid: NDArray[np.bool_] | None,
+) -> NDArray[np.float64]:
+    """``(A_t − Ā)(ℓ_t − ℓ̄)`` over one unit's valid tokens (0 elsewhere)."""
+
+def top_k(
+    values: NDArray[np.float64], valid: NDArray[np.bool_] | None, k: int
+) -> NDArray[np.int64]:
+    """Indices (ascending) of the ``k`` largest valid values, ties by lower index."""
+
 def set_num_threads(n: int) -> None:
     """Size of entcore's own thread pool (``n >= 1``)."""
 

@@ -5,8 +5,9 @@ Token arrays are padded ``(B, L)`` with a mask, or packed ``(N,)`` with ``cu_seq
 arguments and defaults match ``entcore.reference.rollout`` (the float64 oracle).
 
 The passes over every token run in the Rust core: the exact top-ρ selection
-(:func:`high_entropy_mask`), the per-row sums of :func:`entropy_summary` and the sliding windows
-of :func:`window_entropy`. The statistics of a few numbers per sequence or per unit (advantages,
+(:func:`high_entropy_mask`), the per-row sums of :func:`entropy_summary`, the sliding windows
+of :func:`window_entropy`, the covariance terms of :func:`centered_cov` and the top-k of
+:func:`kl_cov_select`. The statistics of a few numbers per sequence or per unit (advantages,
 pass@k, schedules, PPO terms, ...) are the float64 reference functions themselves, re-exported
 here so that ``entcore.<name>`` exists for every name of the spec; they return float64.
 """
@@ -27,7 +28,6 @@ from entcore.reference.rollout import (
     agg_loss,
     answer_entropy,
     canon_advantages,
-    centered_cov,
     clip_cov_loss,
     clip_cov_select,
     detection_statistic,
@@ -41,7 +41,6 @@ from entcore.reference.rollout import (
     hwe_count,
     hwe_threshold,
     kl_cov_loss,
-    kl_cov_select,
     nll_entropy_estimate,
     pass_at_k,
     peak_entropy_mask,
@@ -242,6 +241,89 @@ def window_entropy(
     flat = values.reshape(-1)
     w, defined = _core.window_means(flat, valid, _offsets(layout), int(window), int(start))
     return w.reshape(values.shape), defined.reshape(values.shape)
+
+
+def centered_cov(
+    advantages: Any,
+    logprob: Any,
+    mask: Any = None,
+    *,
+    scope: str = "micro_batch",
+    micro_batch: Any = None,
+    cu_seqlens: Any = None,
+) -> np.ndarray:
+    """Centred covariance ``c_t = (A_t − Ā)(ℓ_t − ℓ̄)`` per unit, float64, 0 off-mask.
+
+    ``Ā``, ``ℓ̄`` are token-weighted means over the unit's valid tokens (a sequence advantage counts
+    once per token), computed as ``x₀ + Σ(x − x₀)/n`` so a constant unit gives exactly 0. Cui et
+    al., *The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models*, arXiv
+    2505.22617 (verl ``compute_policy_loss_clip_cov`` / ``_kl_cov``). Spec: ``rollout.md`` §5.
+    """
+    adv, lp, layout, valid = _token_pair(advantages, logprob, mask, cu_seqlens)
+    out = np.zeros(adv.size, dtype=np.float64)
+    for tokens, unit_valid in _units(layout, valid, scope, micro_batch, adv.size):
+        out[tokens] = _core.centered_cov(
+            np.ascontiguousarray(adv[tokens]), np.ascontiguousarray(lp[tokens]), unit_valid
+        )
+    return out.reshape(np.shape(advantages))
+
+
+def kl_cov_select(
+    advantages: Any,
+    logprob: Any,
+    mask: Any = None,
+    *,
+    ratio: float = 2e-4,
+    scope: str = "micro_batch",
+    micro_batch: Any = None,
+    cu_seqlens: Any = None,
+) -> np.ndarray:
+    """KL-Cov selection: the ``k = max(1, ⌊ratio · N_valid⌋)`` valid tokens of each unit with the
+    largest centred covariance ``c`` (:func:`centered_cov`), ties by lower index; none when a unit
+    has no valid token. arXiv 2505.22617 (verl ``compute_policy_loss_kl_cov``; ``torch.topk``'s
+    tie order is unspecified there). Spec: ``rollout.md`` §5.
+    """
+    ratio = float(ratio)
+    if not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"ratio: expected a value in [0, 1], got {ratio}")
+    adv, lp, layout, valid = _token_pair(advantages, logprob, mask, cu_seqlens)
+    selected = np.zeros(adv.size, dtype=bool)
+    for tokens, unit_valid in _units(layout, valid, scope, micro_batch, adv.size):
+        unit_adv, unit_lp = np.ascontiguousarray(adv[tokens]), np.ascontiguousarray(lp[tokens])
+        n_valid = unit_adv.size if unit_valid is None else int(np.count_nonzero(unit_valid))
+        if n_valid == 0:
+            continue
+        c = _core.centered_cov(unit_adv, unit_lp, unit_valid)
+        chosen = _core.top_k(c, unit_valid, max(1, int(np.floor(ratio * n_valid))))
+        flat_index = np.arange(adv.size)[tokens][chosen]
+        selected[flat_index] = True
+    return selected.reshape(np.shape(advantages))
+
+
+def _token_pair(
+    advantages: Any, logprob: Any, mask: Any, cu_seqlens: Any
+) -> tuple[np.ndarray, np.ndarray, Layout, np.ndarray | None]:
+    """Two float64 token arrays of one layout, flattened, and the flat validity mask."""
+    adv = np.asarray(advantages)
+    lp = np.asarray(logprob)
+    for name, x in (("advantages", adv), ("logprob", lp)):
+        if x.dtype.kind != "f":
+            raise TypeError(f"{name}: expected a float array, got dtype {x.dtype}")
+    if lp.shape != adv.shape:
+        raise ValueError(f"logprob: expected shape {adv.shape} like advantages, got {lp.shape}")
+    layout, valid = token_layout("advantages", adv, mask, cu_seqlens)
+    flat = (np.ascontiguousarray(x, dtype=np.float64).reshape(-1) for x in (adv, lp))
+    return *flat, layout, valid
+
+
+def _units(layout: Layout, valid: np.ndarray | None, scope: str, micro_batch: Any, n: int):
+    """``(tokens, unit_valid)`` of every unit: a slice or index array and its mask (or None)."""
+    for rows in unit_rows(layout.rows, scope, micro_batch):
+        tokens = unit_tokens(layout, rows)
+        if isinstance(tokens, slice) and tokens == slice(0, n):
+            yield tokens, valid
+        else:
+            yield tokens, None if valid is None else np.ascontiguousarray(valid[tokens])
 
 
 def _offsets(layout: Layout) -> np.ndarray:

@@ -1,5 +1,6 @@
 //! Pure-Rust kernels on slices: no Python, testable with `cargo test --no-default-features`.
 
+pub mod cov;
 pub mod dtype;
 pub mod error;
 pub mod linear;

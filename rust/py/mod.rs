@@ -1,6 +1,7 @@
 //! The `entcore._core` extension module: argument extraction, dtype dispatch, the GIL released
 //! around every kernel, and [`crate::core::error::Error`] mapped to Python exceptions.
 
+mod cov;
 mod errors;
 mod segment;
 mod select;
@@ -15,6 +16,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     token::register(m)?;
     select::register(m)?;
     segment::register(m)?;
+    cov::register(m)?;
     system::register(m)?;
     Ok(())
 }

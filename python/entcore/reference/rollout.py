@@ -730,8 +730,9 @@ def _centered_cov_grid(
         n = np.count_nonzero(cells)
         if n == 0:
             continue
-        a_bar = _fsum(adv[cells]) / n
-        l_bar = _fsum(lp[cells]) / n
+        # x₀ + Σ(x − x₀)/n: exact for a constant unit, so its covariances are exactly 0.
+        a_bar = _mean_exact_if_constant(adv[cells])
+        l_bar = _mean_exact_if_constant(lp[cells])
         cov[cells] = (adv[cells] - a_bar) * (lp[cells] - l_bar)
     return cov
 

@@ -45,6 +45,7 @@ macro_rules! for_each_simd_kind {
     }};
 }
 
+mod cov;
 mod linear;
 mod pool;
 mod renyi;

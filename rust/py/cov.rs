@@ -3,14 +3,9 @@
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 
-use super::errors::{to_py, value_error};
-use super::segment::bytes;
+use super::arrays::{mask_bytes, slice};
+use super::errors::to_py;
 use crate::core::cov::{centered_cov as cov_kernel, top_k as top_k_kernel};
-
-fn slice<'a, T: numpy::Element>(name: &str, a: &'a PyReadonlyArray1<'_, T>) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| value_error(name, "expected a contiguous array"))
-}
 
 /// `c_t = (A_t − Ā)(ℓ_t − ℓ̄)` over one unit (float64, 0 off-mask).
 #[pyfunction]
@@ -22,10 +17,7 @@ fn centered_cov<'py>(
 ) -> PyResult<Bound<'py, PyArray1<f64>>> {
     let a = slice("advantages", &advantages)?;
     let l = slice("logprob", &logprob)?;
-    let v = match &valid {
-        Some(m) => Some(bytes(slice("mask", m)?)),
-        None => None,
-    };
+    let v = mask_bytes(&valid)?;
     let c = py.detach(|| cov_kernel(a, l, v)).map_err(to_py)?;
     Ok(PyArray1::from_vec(py, c))
 }
@@ -39,10 +31,7 @@ fn top_k<'py>(
     k: usize,
 ) -> PyResult<Bound<'py, PyArray1<i64>>> {
     let x = slice("values", &values)?;
-    let v = match &valid {
-        Some(m) => Some(bytes(slice("mask", m)?)),
-        None => None,
-    };
+    let v = mask_bytes(&valid)?;
     let chosen = py.detach(|| top_k_kernel(x, v, k));
     Ok(PyArray1::from_vec(
         py,

@@ -1,6 +1,7 @@
 //! The `entcore._core` extension module: argument extraction, dtype dispatch, the GIL released
 //! around every kernel, and [`crate::core::error::Error`] mapped to Python exceptions.
 
+mod arrays;
 mod cov;
 mod errors;
 mod segment;

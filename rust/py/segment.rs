@@ -3,19 +3,9 @@
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 
-use super::errors::{to_py, value_error};
+use super::arrays::{mask_bytes, slice};
+use super::errors::to_py;
 use crate::core::segment::{row_stats as row_stats_kernel, window_means as window_kernel};
-
-fn slice<'a, T: numpy::Element>(name: &str, a: &'a PyReadonlyArray1<'_, T>) -> PyResult<&'a [T]> {
-    a.as_slice()
-        .map_err(|_| value_error(name, "expected a contiguous array"))
-}
-
-/// bool is one byte holding 0 or 1: read it as u8 without a copy.
-pub fn bytes(v: &[bool]) -> &[u8] {
-    // SAFETY: bool has the size and alignment of u8 and only the values 0 and 1.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len()) }
-}
 
 type Stats<'py> = (
     Bound<'py, PyArray1<i64>>,
@@ -33,10 +23,7 @@ fn row_stats<'py>(
     omit_nan: bool,
 ) -> PyResult<Stats<'py>> {
     let v = slice("entropy", &values)?;
-    let m = match &valid {
-        Some(a) => Some(bytes(slice("mask", a)?)),
-        None => None,
-    };
+    let m = mask_bytes(&valid)?;
     let cu = slice("cu_seqlens", &cu_seqlens)?;
     let stats = py
         .detach(|| row_stats_kernel(v, m, cu, omit_nan))
@@ -61,10 +48,7 @@ fn window_means<'py>(
     start: usize,
 ) -> PyResult<Windows<'py>> {
     let v = slice("entropy", &values)?;
-    let m = match &valid {
-        Some(a) => Some(bytes(slice("mask", a)?)),
-        None => None,
-    };
+    let m = mask_bytes(&valid)?;
     let cu = slice("cu_seqlens", &cu_seqlens)?;
     let (w, defined) = py
         .detach(|| window_kernel(v, m, cu, window, start))

@@ -3,6 +3,7 @@
 use numpy::{PyArray1, PyArrayMethods, PyReadonlyArray1};
 use pyo3::prelude::*;
 
+use super::arrays::{mask_bytes, slice};
 use super::errors::{to_py, value_error};
 use crate::core::select::{high_entropy_select as select_kernel, Method, NanPolicy};
 
@@ -31,13 +32,8 @@ fn high_entropy_select<'py>(
             format!("expected linear, lower, nearest or topk, got {method:?}"),
         )
     })?;
-    let contiguous = |name: &'static str| move |_| value_error(name, "expected a contiguous array");
-    let values = values.as_slice().map_err(contiguous("entropy"))?;
-    let valid_slice = match &valid {
-        Some(v) => Some(v.as_slice().map_err(contiguous("mask"))?),
-        None => None,
-    };
-    let valid_bytes: Option<&[u8]> = valid_slice.map(super::segment::bytes);
+    let values = slice("entropy", &values)?;
+    let valid_bytes = mask_bytes(&valid)?;
     let out = PyArray1::<bool>::zeros(py, values.len(), false);
     let selection = {
         let mut out_rw = out.readwrite();

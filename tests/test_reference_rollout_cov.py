@@ -27,9 +27,14 @@ def random_batch(seed, n_rows=6, width=10, spread=1.0):
 
 
 def cov_formula(adv, lp, mask):
-    """``c = (A − Ā)(ℓ − ℓ̄)`` over one unit, straight from §5."""
-    a_bar = adv[mask].mean()
-    l_bar = lp[mask].mean()
+    """``c = (A − Ā)(ℓ − ℓ̄)`` over one unit, straight from §5, with the means taken as
+    ``x₀ + Σ(x − x₀)/n`` (exact for a constant unit, as the reference documents)."""
+
+    def mean(x):
+        return x[0] + math.fsum(x - x[0]) / x.size
+
+    a_bar = mean(adv[mask])
+    l_bar = mean(lp[mask])
     return np.where(mask, (adv - a_bar) * (lp - l_bar), 0.0)
 
 

@@ -303,7 +303,7 @@ fn partition_chunk(
 }
 
 /// Values sampled for the bracket of the one-pass selection.
-const SAMPLE: usize = 1 << 18;
+const SAMPLE: usize = 1 << 19;
 /// Units smaller than this use the histogram path directly.
 const SAMPLED_MIN: usize = 1 << 21;
 

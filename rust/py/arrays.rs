@@ -14,6 +14,14 @@ pub fn slice<'a, T: numpy::Element>(
         .map_err(|_| value_error(name, "expected a contiguous array"))
 }
 
+/// [`slice`] of an optional array.
+pub fn optional_slice<'a, T: numpy::Element>(
+    name: &str,
+    a: &'a Option<PyReadonlyArray1<'_, T>>,
+) -> PyResult<Option<&'a [T]>> {
+    a.as_ref().map(|a| slice(name, a)).transpose()
+}
+
 /// An optional bool mask as bytes (`bool` is one byte holding 0 or 1), without a copy.
 pub fn mask_bytes<'a>(mask: &'a Option<PyReadonlyArray1<'_, bool>>) -> PyResult<Option<&'a [u8]>> {
     let Some(m) = mask else { return Ok(None) };

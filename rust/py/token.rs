@@ -4,6 +4,7 @@
 use numpy::{PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 
+use super::arrays::optional_slice;
 use super::errors::{to_py, type_error, value_error};
 use crate::core::dtype::{as_bf16, as_f16};
 use crate::core::linear::{linear_logprob_entropy, HeadArgs};
@@ -67,19 +68,6 @@ macro_rules! with_logits {
     }};
 }
 
-fn contiguous<'a, T: numpy::Element>(
-    name: &str,
-    array: &'a Option<PyReadonlyArray1<'_, T>>,
-) -> PyResult<Option<&'a [T]>> {
-    array
-        .as_ref()
-        .map(|a| {
-            a.as_slice()
-                .map_err(|_| value_error(name, "expected a C-contiguous array"))
-        })
-        .transpose()
-}
-
 type StatsResult<'py> = (
     Option<Bound<'py, PyArray1<f32>>>,
     Bound<'py, PyArray1<f32>>,
@@ -111,7 +99,7 @@ fn token_stats<'py>(
     propagate_nan: bool,
 ) -> PyResult<StatsResult<'py>> {
     let logits = Logits::extract(logits, kind)?;
-    let temps = contiguous("temperature", &temperatures)?;
+    let temps = optional_slice("temperature", &temperatures)?;
     let label_values = match &labels {
         Some(l) => Some((
             l.as_slice()
@@ -145,7 +133,7 @@ fn renyi_entropy<'py>(
     propagate_nan: bool,
 ) -> PyResult<Bound<'py, PyArray1<f32>>> {
     let logits = Logits::extract(logits, kind)?;
-    let temps = contiguous("temperature", &temperatures)?;
+    let temps = optional_slice("temperature", &temperatures)?;
     let temperature = temps.map_or(Temperature::Scalar(temperature), Temperature::PerRow);
     let vocab = logits.vocab();
     let out = with_logits!(py, logits, |x| renyi_kernel(
@@ -216,7 +204,7 @@ macro_rules! head {
         let w = weight
             .as_slice()
             .map_err(|_| value_error("weight", "expected a C-contiguous array"))?;
-        let b = contiguous("bias", &bias)?;
+        let b = optional_slice("bias", &bias)?;
         $py.detach(|| linear_logprob_entropy(h, w, b, &args))
             .map_err(to_py)?
     }};

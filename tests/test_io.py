@@ -249,7 +249,8 @@ def test_shipped_buffer_rewards_vary(shipped):
 
 
 def test_shipped_tokenizer_decodes_the_tokens(shipped):
-    tokenizers = pytest.importorskip("tokenizers")
+    import tokenizers  # a test dependency (the `dev` extra): missing is an error, not a skip
+
     tok = tokenizers.Tokenizer.from_file(str(default_tokenizer_path()))
     assert tok.get_vocab_size() == shipped.vocab_size
     eos = int(shipped.metadata["eos_token_id"])

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from entcore.reference import rollout as ref
 from entcore.reference import token as ref_token
+from helpers import require_torch
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -484,7 +485,7 @@ def test_bad_inputs_raise_naming_the_argument(call, error, match):
 
 
 def test_torch_tensors_are_refused():
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     with pytest.raises(TypeError, match="torch"):
         ref.agg_loss(torch.zeros(2, 3), torch.ones(2, 3))
 
@@ -602,7 +603,7 @@ def trl_loss(per_token_loss, completion_mask, loss_type, grad_accum_steps=1,
 def test_agg_loss_matches_verl_and_trl_transcriptions(seed):
     """§17.3: every mode against verl's ``agg_loss`` / TRL's ``_compute_loss`` on random inputs
     with fully masked rows, ``dp_size``, ``loss_scale_factor``, ``global_batch_size=B``."""
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     rng = np.random.default_rng(seed)
     n_rows, width = int(rng.integers(1, 7)), int(rng.integers(1, 10))
     loss = rng.normal(size=(n_rows, width))
@@ -670,7 +671,7 @@ def verl_policy_loss_vanilla(torch, old_log_prob, log_prob, advantages, response
 def test_ppo_loss_matches_verl_and_trl(seed):
     """§2: ``max(l1, l2)`` = TRL's ``−min(rA, clip(r)A)``; with dual clip, verl's vanilla loss
     and its ``pg_clipfrac``, ``pg_clipfrac_lower``, ``ppo_kl``."""
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     buf = Buffer(seed, dtype=np.float64)
     d = buf.padded()
     if not d["mask"].any():
@@ -737,7 +738,7 @@ def test_group_advantages_known_values():
 def test_group_advantages_matches_verl_transcription(seed):
     """verl ``compute_grpo_outcome_advantage``: per-group ``torch.mean``/``torch.std``
     (unbiased), singleton ``μ = 0``, ``σ = 1``; and TRL's ``arange(B) // num_generations``."""
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 16))
     rewards = rng.integers(0, 3, n) / 2.0 + rng.normal(0, 0.1, n) * (rng.random(n) < 0.5)
@@ -887,7 +888,7 @@ def test_high_entropy_mask_ties_all_kept(seed, rho):
 def test_high_entropy_mask_equals_torch_quantile(method, seed, rho):
     """§17.4: equality with TRL's ``torch.quantile(valid, 1 − ρ, interpolation=...)`` then
     ``>=`` (N ≤ 2²⁴), away from rounding boundaries of ``h``; ``τ`` equals the quantile."""
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     rng = np.random.default_rng(seed)
     n_rows, width = int(rng.integers(1, 8)), int(rng.integers(1, 60))
     values = (rng.gamma(1.0, 0.5, (n_rows, width)) * 1024).round() / 1024  # few ties

@@ -11,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from entcore.reference import rollout as ref
+from helpers import require_torch
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -197,7 +198,7 @@ def verl_clip_cov(torch, old_log_prob, log_prob, advantages, response_mask, clip
 def test_clip_cov_matches_verl_with_injected_perm(seed, ratio):
     """§17.5: the ``perm`` verl draws (``torch.randperm(#cand)``) reproduces its mask bit for
     bit; the loss, ``pg_clipfrac`` and ``ppo_kl`` match."""
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     adv, lp, old, _, mask = random_batch(seed, spread=2.0)
     mask[0, 0] = True
     t = {k: torch.from_numpy(v) for k, v in dict(adv=adv, lp=lp, old=old).items()}
@@ -306,7 +307,7 @@ def verl_kl_cov(torch, old_log_prob, log_prob, advantages, response_mask, k_perc
 @given(seed=seeds, ratio=st.sampled_from([0.05, 0.2, 0.5]))
 def test_kl_cov_matches_verl(seed, ratio):
     """verl's KL-Cov loss on distinct values (``torch.topk``'s tie order is unspecified)."""
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     adv, lp, old, _, mask = random_batch(seed, spread=2.0)
     adv = adv + np.random.default_rng(seed).normal(0, 1e-3, adv.shape)  # distinct c
     mask[0, 0] = True

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from entcore.reference import rollout as ref
 from entcore.reference import token as ref_token
+from helpers import require_torch
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -409,7 +410,7 @@ def test_peak_entropy_mask_strict():
 
 @given(seed=seeds)
 def test_peak_entropy_mask_matches_torch_quantile(seed):
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     h, mask = random_entropy(seed)
     got = ref.peak_entropy_mask(h, mask, q=0.8)
     for b in range(h.shape[0]):

@@ -35,6 +35,26 @@ pub fn check_offsets(cu: &[i64], n: usize) -> Result<()> {
     Ok(())
 }
 
+/// `cu_seqlens` and the mask against `values`.
+fn check_tokens(values: &[f32], valid: Option<&[u8]>, cu: &[i64]) -> Result<()> {
+    check_offsets(cu, values.len())?;
+    if valid.is_some_and(|v| v.len() != values.len()) {
+        return Err(Error::value("mask", "expected one entry per token"));
+    }
+    Ok(())
+}
+
+/// `f(lo, hi)` for the token range of every row, in row order, rows in parallel for large inputs.
+fn each_row<T: Send>(cu: &[i64], n: usize, f: impl Fn(usize, usize) -> T + Sync + Send) -> Vec<T> {
+    pool::map_indexed(
+        cu.len() - 1,
+        64,
+        n,
+        || (),
+        |_, b| f(cu[b] as usize, cu[b + 1] as usize),
+    )
+}
+
 /// Per-row statistics of the valid, non-NaN values. With `omit_nan == false` a valid NaN is an
 /// error naming its flat index.
 pub fn row_stats(
@@ -43,38 +63,27 @@ pub fn row_stats(
     cu: &[i64],
     omit_nan: bool,
 ) -> Result<Vec<RowStats>> {
-    check_offsets(cu, values.len())?;
-    if valid.is_some_and(|v| v.len() != values.len()) {
-        return Err(Error::value("mask", "expected one entry per token"));
-    }
-    let rows = cu.len() - 1;
-    let per_row = pool::map_indexed(
-        rows,
-        64,
-        values.len(),
-        || (),
-        |_, b| {
-            let (lo, hi) = (cu[b] as usize, cu[b + 1] as usize);
-            let mut st = RowStats::default();
-            for i in lo..hi {
-                if valid.is_some_and(|v| v[i] == 0) {
+    check_tokens(values, valid, cu)?;
+    let per_row = each_row(cu, values.len(), |lo, hi| {
+        let mut st = RowStats::default();
+        for i in lo..hi {
+            if valid.is_some_and(|v| v[i] == 0) {
+                continue;
+            }
+            let x = values[i];
+            if x.is_nan() {
+                if omit_nan {
                     continue;
                 }
-                let x = values[i];
-                if x.is_nan() {
-                    if omit_nan {
-                        continue;
-                    }
-                    return Err(i);
-                }
-                let x = x as f64;
-                st.count += 1;
-                st.sum += x;
-                st.sum_sq += x * x;
+                return Err(i);
             }
-            Ok(st)
-        },
-    );
+            let x = x as f64;
+            st.count += 1;
+            st.sum += x;
+            st.sum_sq += x * x;
+        }
+        Ok(st)
+    });
     per_row
         .into_iter()
         .collect::<std::result::Result<Vec<_>, usize>>()
@@ -97,43 +106,35 @@ pub fn window_means(
     window: usize,
     start: usize,
 ) -> Result<(Vec<f32>, Vec<u8>)> {
-    check_offsets(cu, values.len())?;
+    check_tokens(values, valid, cu)?;
     if window == 0 {
         return Err(Error::value(
             "window",
             "expected a window of at least 1 token",
         ));
     }
-    let rows = cu.len() - 1;
-    let per_row = pool::map_indexed(
-        rows,
-        64,
-        values.len(),
-        || (),
-        |_, b| {
-            let (lo, hi) = (cu[b] as usize, cu[b + 1] as usize);
-            let len = hi - lo;
-            let ok = |i: usize| valid.is_none_or(|v| v[lo + i] != 0) && !values[lo + i].is_nan();
-            // Prefix sums of valid values and of valid counts, in f64.
-            let mut sums = vec![0f64; len + 1];
-            let mut counts = vec![0usize; len + 1];
-            for i in 0..len {
-                let take = ok(i);
-                sums[i + 1] = sums[i] + if take { values[lo + i] as f64 } else { 0.0 };
-                counts[i + 1] = counts[i] + take as usize;
+    let per_row = each_row(cu, values.len(), |lo, hi| {
+        let len = hi - lo;
+        let ok = |i: usize| valid.is_none_or(|v| v[lo + i] != 0) && !values[lo + i].is_nan();
+        // Prefix sums of valid values and of valid counts, in f64.
+        let mut sums = vec![0f64; len + 1];
+        let mut counts = vec![0usize; len + 1];
+        for i in 0..len {
+            let take = ok(i);
+            sums[i + 1] = sums[i] + if take { values[lo + i] as f64 } else { 0.0 };
+            counts[i + 1] = counts[i] + take as usize;
+        }
+        let mut w = vec![0f32; len];
+        let mut defined = vec![0u8; len];
+        for t in 0..len {
+            let (a, z) = (t + start, t + start + window);
+            if z <= len && ok(t) && counts[z] - counts[a] == window {
+                w[t] = ((sums[z] - sums[a]) / window as f64) as f32;
+                defined[t] = 1;
             }
-            let mut w = vec![0f32; len];
-            let mut defined = vec![0u8; len];
-            for t in 0..len {
-                let (a, z) = (t + start, t + start + window);
-                if z <= len && ok(t) && counts[z] - counts[a] == window {
-                    w[t] = ((sums[z] - sums[a]) / window as f64) as f32;
-                    defined[t] = 1;
-                }
-            }
-            (w, defined)
-        },
-    );
+        }
+        (w, defined)
+    });
     let mut w = Vec::with_capacity(values.len());
     let mut defined = Vec::with_capacity(values.len());
     for (rw, rd) in per_row {

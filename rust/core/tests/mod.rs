@@ -49,6 +49,7 @@ mod cov;
 mod linear;
 mod pool;
 mod renyi;
+mod segment;
 mod select;
 mod simd;
 mod tile;

@@ -27,12 +27,13 @@ def bench_size(h: np.ndarray, rho: float, repeats: int, torch) -> list[Row]:
     padded = h[None, :]
     t_ec = median_ms(lambda: rollout.high_entropy_mask(padded, rho=rho), reps)
     _, tau = rollout.high_entropy_mask(padded, rho=rho, return_threshold=True)
-    exact = float(np.quantile(h, q)) == float(tau[0])
+    # np.quantile interpolates in float32 for float32 input; entcore's tau is float64.
+    agrees = bool(np.isclose(float(np.quantile(h, q)), float(tau[0]), rtol=1e-6, atol=0))
     measured = [
         (
             "entcore.high_entropy_mask (threshold + mask)",
             t_ec,
-            f"threshold == np.quantile: {exact}",
+            f"threshold = np.quantile (1e-6): {agrees}",
         ),
         ("one read (h.sum())", median_ms(lambda: h.sum(), reps), "memory floor"),
         (

@@ -4,6 +4,7 @@ pub mod cov;
 pub mod dtype;
 pub mod error;
 pub mod linear;
+pub mod partition;
 pub mod pool;
 pub mod renyi;
 pub mod segment;

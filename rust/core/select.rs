@@ -1,27 +1,20 @@
 //! Exact order statistics and the top-ρ (forking-token) mask over millions of float32 values
-//! (`rollout.md` §3), in two reads of the data and no sort:
+//! (`rollout.md` §3), with no sort:
 //!
-//! 1. a histogram of the high 16 bits of the order-preserving `u32` image of the values locates
-//!    the bins that hold the wanted order statistics;
-//! 2. one pass writes the mask of every value outside those bins (decided by its bin alone) and
-//!    collects the few values inside them, whose exact order statistics and marks finish the job.
-
-use rayon::prelude::*;
+//! 1. a key bracket that holds the wanted order statistics: from a strided sample of the values
+//!    for units of 2^21 values and more (verified by counting, so a misleading sample only costs
+//!    time), else from an exact histogram of the high 16 bits of the order-preserving `u32` keys;
+//! 2. one marking pass (`partition.rs`) writes the mask of every value outside the bracket and
+//!    collects the few values inside it, whose exact order statistics and marks finish the job.
+//!
+//! Large units therefore read the data once (plus the sample); small units and a missed bracket
+//! read it twice.
 
 use crate::core::error::{Error, Result};
+use crate::core::partition::{order_key, partition_pass, Entries};
 use crate::core::pool;
 
 const BINS: usize = 1 << 16;
-/// Elements per task of the marking pass.
-const CHUNK: usize = 1 << 18;
-
-/// The order-preserving image of a non-NaN float: `a < b ⇔ key(a) < key(b)` (−0 < +0).
-#[inline(always)]
-pub fn order_key(x: f32) -> u32 {
-    let bits = x.to_bits();
-    // Negative: flip every bit; non-negative: set the sign bit (branch-free, vectorisable).
-    bits ^ ((((bits as i32) >> 31) as u32) | 0x8000_0000)
-}
 
 /// The quantile conventions of `rollout.md` §3.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
@@ -80,13 +73,6 @@ pub struct Selection {
     pub threshold: f64,
     pub kept: usize,
     pub valid: usize,
-}
-
-/// The values that take part are the valid (mask non-zero) ones that are not NaN.
-#[derive(Copy, Clone)]
-struct Entries<'a> {
-    values: &'a [f32],
-    valid: Option<&'a [u8]>,
 }
 
 /// High-16-bit histogram of the taken values and the first valid NaN index. Counts are integers,
@@ -160,150 +146,8 @@ fn locate(hist: &[u64], r: u64) -> (usize, u64) {
     unreachable!("rank {r} is below the total count")
 }
 
-/// What one partition pass over a unit found.
-struct Pass {
-    /// Taken values above the bracket (marked 1).
-    above: usize,
-    /// Taken values below the bracket.
-    below: usize,
-    /// First valid NaN.
-    first_nan: Option<usize>,
-    /// `(index, value)` of the taken values inside the bracket, in index order.
-    inside: Vec<(usize, f32)>,
-}
-
-/// One pass: `out[i] = 1` for taken values with key above `hi_key`, 0 elsewhere; counts the
-/// values below `lo_key` and collects those in `[lo_key, hi_key]`.
-fn partition_pass(e: Entries<'_>, lo_key: u32, hi_key: u32, out: &mut [u8]) -> Pass {
-    let part = |c: usize, o: &mut [u8]| {
-        let base = c * CHUNK;
-        let values = &e.values[base..base + o.len()];
-        let valid = e.valid.map(|v| &v[base..base + o.len()]);
-        partition_chunk_dispatch(values, valid, base, lo_key, hi_key, o)
-    };
-    let parts: Vec<Pass> = if out.len() < pool::PARALLEL_MIN_WORK {
-        out.chunks_mut(CHUNK)
-            .enumerate()
-            .map(|(c, o)| part(c, o))
-            .collect()
-    } else {
-        pool::install(|| {
-            out.par_chunks_mut(CHUNK)
-                .enumerate()
-                .map(|(c, o)| part(c, o))
-                .collect()
-        })
-    };
-    let mut total = Pass {
-        above: 0,
-        below: 0,
-        first_nan: None,
-        inside: Vec::new(),
-    };
-    for p in parts {
-        total.above += p.above;
-        total.below += p.below;
-        total.first_nan = total.first_nan.or(p.first_nan);
-        total.inside.extend(p.inside);
-    }
-    total
-}
-
-/// Block of the partition pass: a branch-free (vectorisable) loop marks the block and counts;
-/// only a block holding bracketed values or a valid NaN is looked at again.
-const BLOCK: usize = 32;
-
-/// `(above, below, taken, valid NaN)` counts of one block, marks written.
-#[inline(always)]
-fn partition_block(
-    xs: &[f32],
-    valid: impl Fn(usize) -> bool,
-    lo: u32,
-    hi: u32,
-    os: &mut [u8],
-) -> (u32, u32, u32, u32) {
-    let (mut above, mut below, mut taken_count, mut nans) = (0u32, 0u32, 0u32, 0u32);
-    for (j, (o, &x)) in os.iter_mut().zip(xs).enumerate() {
-        let v = valid(j);
-        let taken = !x.is_nan() & v;
-        let key = order_key(x);
-        let keep = taken & (key > hi);
-        *o = keep as u8;
-        above += keep as u32;
-        below += (taken & (key < lo)) as u32;
-        taken_count += taken as u32;
-        nans += (v & x.is_nan()) as u32;
-    }
-    (above, below, taken_count, nans)
-}
-
-/// [`partition_chunk`] compiled for AVX2 where the CPU has it (8 lanes instead of SSE's 4).
-fn partition_chunk_dispatch(
-    values: &[f32],
-    valid: Option<&[u8]>,
-    base: usize,
-    lo_key: u32,
-    hi_key: u32,
-    out: &mut [u8],
-) -> Pass {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2(
-            values: &[f32],
-            valid: Option<&[u8]>,
-            base: usize,
-            lo_key: u32,
-            hi_key: u32,
-            out: &mut [u8],
-        ) -> Pass {
-            partition_chunk(values, valid, base, lo_key, hi_key, out)
-        }
-        // SAFETY: the CPU has AVX2 (checked just above).
-        return unsafe { avx2(values, valid, base, lo_key, hi_key, out) };
-    }
-    partition_chunk(values, valid, base, lo_key, hi_key, out)
-}
-
-#[inline(always)]
-fn partition_chunk(
-    values: &[f32],
-    valid: Option<&[u8]>,
-    base: usize,
-    lo_key: u32,
-    hi_key: u32,
-    out: &mut [u8],
-) -> Pass {
-    let mut pass = Pass {
-        above: 0,
-        below: 0,
-        first_nan: None,
-        inside: Vec::new(),
-    };
-    for (b, (xs, os)) in values.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
-        let vs = valid.map(|v| &v[b * BLOCK..b * BLOCK + xs.len()]);
-        let (above, below, taken, nans) = match vs {
-            None => partition_block(xs, |_| true, lo_key, hi_key, os),
-            Some(vs) => partition_block(xs, |j| vs[j] != 0, lo_key, hi_key, os),
-        };
-        pass.above += above as usize;
-        pass.below += below as usize;
-        if taken != above + below || nans > 0 {
-            for (j, &x) in xs.iter().enumerate() {
-                let valid_here = vs.is_none_or(|v| v[j] != 0);
-                if valid_here && x.is_nan() {
-                    pass.first_nan = pass.first_nan.or(Some(base + b * BLOCK + j));
-                } else if valid_here && (lo_key..=hi_key).contains(&order_key(x)) {
-                    pass.inside.push((base + b * BLOCK + j, x));
-                }
-            }
-        }
-    }
-    pass
-}
-
 /// Values sampled for the bracket of the one-pass selection.
-const SAMPLE: usize = 1 << 19;
+const SAMPLE: usize = 1 << 18;
 /// Units smaller than this use the histogram path directly.
 const SAMPLED_MIN: usize = 1 << 21;
 
@@ -313,11 +157,25 @@ const SAMPLED_MIN: usize = 1 << 21;
 fn sample_bracket(e: Entries<'_>, fraction: f64) -> Option<(u32, u32)> {
     let n = e.values.len();
     let stride = (n / SAMPLE).max(1);
-    let mut keys: Vec<u32> = (0..n)
-        .step_by(stride)
-        .filter(|&i| e.valid.is_none_or(|v| v[i] != 0) && !e.values[i].is_nan())
-        .map(|i| order_key(e.values[i]))
-        .collect();
+    // Gathered in parallel: each read is a cache miss.
+    let tasks = 2 * pool::num_threads();
+    let per = n.div_ceil(tasks);
+    let parts = pool::map_indexed(
+        tasks,
+        1,
+        n,
+        || (),
+        |_, t| {
+            let lo = (t * per).div_ceil(stride) * stride;
+            let hi = ((t + 1) * per).min(n);
+            (lo..hi)
+                .step_by(stride)
+                .filter(|&i| e.valid.is_none_or(|v| v[i] != 0) && !e.values[i].is_nan())
+                .map(|i| order_key(e.values[i]))
+                .collect::<Vec<u32>>()
+        },
+    );
+    let mut keys: Vec<u32> = parts.concat();
     let m = keys.len();
     if m < 1024 {
         return None;

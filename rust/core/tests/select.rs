@@ -146,3 +146,30 @@ fn small_units_use_the_histogram_path_exactly() {
         }
     }
 }
+
+#[test]
+fn every_simd_level_marks_the_same_values() {
+    // The marking pass has a scalar and an AVX2 form; both must give the sorted oracle's mask,
+    // with masks, omitted NaN (both signs, whose keys sort outside every bracket), ties and
+    // lengths that end inside a block and inside a task chunk.
+    let serial = super::serial();
+    let mut rng = Rng::new(9);
+    let n = (1 << 21) + 77;
+    let mut values = gamma_like(&mut rng, n);
+    for i in (0..n).step_by(4099) {
+        values[i] = if i % 2 == 0 { f32::NAN } else { -f32::NAN };
+    }
+    for i in (3..n).step_by(5) {
+        values[i] = 0.25;
+    }
+    let mask: Vec<u8> = (0..n).map(|_| rng.chance(0.8) as u8 * 3).collect();
+    let ran = super::each_level(&serial, |_| {
+        for len in [n, 1000, 33] {
+            let (v, m) = (&values[..len], &mask[..len]);
+            check(v, None, 0.2, Method::Linear, NanPolicy::Omit);
+            check(v, Some(m), 0.2, Method::Linear, NanPolicy::Omit);
+            check(v, Some(m), 0.1, Method::TopK, NanPolicy::Omit);
+        }
+    });
+    super::assert_levels(&ran);
+}

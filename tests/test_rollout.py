@@ -193,12 +193,55 @@ def test_covariance_and_kl_cov_equal_reference(seed, rows, width, ratio, micro_b
     )
 
 
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    rows=st.integers(0, 6),
+    width=st.integers(1, 30),
+    ratio=st.sampled_from([2e-4, 0.1, 0.5, 1.0]),
+    lb=st.sampled_from([-1.0, 0.0, 0.5]),
+    micro_batch=st.sampled_from([None, 2, "ids"]),
+    scope=st.sampled_from(["micro_batch", "batch"]),
+)
+def test_clip_cov_select_equals_reference(seed, rows, width, ratio, lb, micro_batch, scope):
+    rng = np.random.default_rng(seed)
+    adv = np.repeat(rng.normal(size=(rows, 1)), width, axis=1)
+    lp = 2.0 * rng.normal(size=(rows, width))
+    old = lp + 0.3 * rng.normal(size=(rows, width))
+    mask = rng.random((rows, width)) > 0.2
+    mb = rng.integers(0, 3, rows) if micro_batch == "ids" else micro_batch
+    kw = dict(ratio=ratio, lb=lb, ub=5.0, scope=scope, micro_batch=mb, return_candidates=True)
+    got = entcore.clip_cov_select(adv, lp, old, mask, seed=seed, **kw)
+    want = ref.clip_cov_select(adv, lp, old, mask, seed=seed, **kw)
+    for g, w in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, w)
+    # One unit: the same draw passed as an explicit permutation.
+    if rows and (scope == "batch" or mb is None):
+        perm = np.random.default_rng(seed).permutation(int(want[1].sum()))
+        one_unit = dict(ratio=ratio, lb=lb, ub=5.0, scope=scope, micro_batch=mb)
+        np.testing.assert_array_equal(
+            entcore.clip_cov_select(adv, lp, old, mask, perm=perm, **one_unit), want[0]
+        )
+    flat_adv, flat_mask, cu = packed(adv, mask)
+    packed_got = entcore.clip_cov_select(
+        flat_adv, lp.reshape(-1), old.reshape(-1), flat_mask, seed=seed, cu_seqlens=cu, **kw
+    )
+    np.testing.assert_array_equal(packed_got[0], want[0].reshape(-1))
+
+
 def test_covariance_bad_inputs():
     adv, lp = np.zeros((2, 3)), np.zeros((2, 4))
     with pytest.raises(ValueError, match="logprob: expected shape"):
         entcore.centered_cov(adv, lp)
     with pytest.raises(ValueError, match="ratio: expected a value in"):
         entcore.kl_cov_select(adv, adv, ratio=2.0)
+    with pytest.raises(ValueError, match="seed: Clip-Cov selection is random"):
+        entcore.clip_cov_select(adv, adv, adv, None)
+    with pytest.raises(TypeError, match="old_logprob: expected a float array"):
+        entcore.clip_cov_select(adv, adv, adv.astype(np.int64), None, seed=0)
+    with pytest.raises(ValueError, match="old_logprob: expected shape"):
+        entcore.clip_cov_select(adv, adv, lp, None, seed=0)
+    with pytest.raises(ValueError, match="perm: unit 0 expects a permutation"):
+        entcore.clip_cov_select(adv, adv + 1, adv, None, lb=-1, perm=[np.zeros(5, int)])
     with pytest.raises(TypeError, match="advantages: expected a float array"):
         entcore.centered_cov(adv.astype(np.int64), adv)
     bad = adv.copy()

@@ -6,10 +6,11 @@ arguments and defaults match ``entcore.reference.rollout`` (the float64 oracle).
 
 The passes over every token run in the Rust core: the exact top-ρ selection
 (:func:`high_entropy_mask`), the per-row sums of :func:`entropy_summary`, the sliding windows
-of :func:`window_entropy`, the covariance terms of :func:`centered_cov` and the top-k of
-:func:`kl_cov_select`. The statistics of a few numbers per sequence or per unit (advantages,
-pass@k, schedules, PPO terms, ...) are the float64 reference functions themselves, re-exported
-here so that ``entcore.<name>`` exists for every name of the spec; they return float64.
+of :func:`window_entropy`, the covariance terms of :func:`centered_cov` and
+:func:`clip_cov_select`, and the top-k of :func:`kl_cov_select`. The statistics of a few numbers
+per sequence or per unit (advantages, pass@k, schedules, PPO terms, ...) are the float64
+reference functions themselves, re-exported here so that ``entcore.<name>`` exists for every name
+of the spec; they return float64.
 """
 
 from __future__ import annotations
@@ -21,15 +22,18 @@ import numpy as np
 
 from entcore import _core
 from entcore._layout import Layout, token_layout, unit_rows, unit_tokens
+from entcore.reference._layout import real
 from entcore.reference.rollout import (
     PPOTerms,
+    _check_perm,
+    _clip_bounds,
+    _unit_perms,
     aepo_select,
     aepo_temperature,
     agg_loss,
     answer_entropy,
     canon_advantages,
     clip_cov_loss,
-    clip_cov_select,
     detection_statistic,
     detection_threshold,
     entropy_position_curve,
@@ -298,6 +302,84 @@ def kl_cov_select(
         flat_index = np.arange(adv.size)[tokens][chosen]
         selected[flat_index] = True
     return selected.reshape(np.shape(advantages))
+
+
+def clip_cov_select(
+    advantages: Any,
+    logprob: Any,
+    old_logprob: Any,
+    mask: Any,
+    *,
+    ratio: float = 2e-4,
+    lb: float = 1.0,
+    ub: float = 5.0,
+    clip_low: float = 0.2,
+    clip_high: float | None = None,
+    seed: Any = None,
+    perm: Any = None,
+    return_candidates: bool = False,
+    scope: str = "micro_batch",
+    micro_batch: Any = None,
+    cu_seqlens: Any = None,
+) -> Any:
+    """Clip-Cov token selection (``rollout.md`` §5), the covariance in the Rust core. Per unit:
+
+    1. ``r = exp(ℓ − ℓ^old)`` (no clamp), ``l1 = −A r``, ``l2 = −A clip(r, 1 − ε_low, 1 + ε_high)``,
+       ``ppo_clipped = (l2 > l1) ∧ M``;
+    2. ``c`` as :func:`centered_cov`, quota ``n = max(⌊ratio · N_valid⌋, 1)``;
+    3. candidates ``M ∧ ¬ppo_clipped ∧ lb < c < ub`` in flat order;
+    4. selected ``= candidates[π[:min(n, #cand)]]`` with ``π`` from ``perm`` (one array per unit)
+       or ``numpy.random.default_rng(seed).permutation(#cand)`` (one generator, drawn only for
+       units with candidates, in increasing unit id). Neither ``seed`` nor ``perm`` →
+       ``ValueError``.
+
+    Uniform among candidates, not top-k (as published). ``return_candidates=True`` returns
+    ``(selected, candidates)``. Cui et al., *The Entropy Mechanism of Reinforcement Learning for
+    Reasoning Language Models*, arXiv 2505.22617 (verl ``compute_policy_loss_clip_cov``, bit for
+    bit with verl's ``torch.randperm`` draw passed as ``perm``).
+    """
+    if seed is None and perm is None:
+        raise ValueError("seed: Clip-Cov selection is random; pass seed or perm")
+    ratio = real("ratio", ratio, low=0.0, high=1.0)
+    lb, ub = real("lb", lb), real("ub", ub)
+    eps_low, eps_high = _clip_bounds(clip_low, clip_high)
+    adv, lp, layout, valid = _token_pair(advantages, logprob, mask, cu_seqlens)
+    old = np.asarray(old_logprob)
+    if old.dtype.kind != "f":
+        raise TypeError(f"old_logprob: expected a float array, got dtype {old.dtype}")
+    if old.shape != np.shape(advantages):
+        raise ValueError(
+            f"old_logprob: expected shape {np.shape(advantages)} like advantages, got {old.shape}"
+        )
+    old = old.astype(np.float64, copy=False).reshape(-1)
+    taken = np.ones(adv.size, dtype=bool) if valid is None else valid
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.exp(np.where(taken, lp - old, 0.0))
+        ppo_clipped = taken & (-adv * np.clip(r, 1.0 - eps_low, 1.0 + eps_high) > -adv * r)
+    units = list(_units(layout, valid, scope, micro_batch, adv.size)) if layout.rows else []
+    perms = None if perm is None else _unit_perms(perm, len(units))
+    rng = np.random.default_rng(seed) if perms is None else None
+    candidates = np.zeros(adv.size, dtype=bool)
+    selected = np.zeros(adv.size, dtype=bool)
+    for u, (tokens, unit_valid) in enumerate(units):
+        index = np.arange(adv.size)[tokens]
+        unit_taken = taken[tokens]
+        c = _core.centered_cov(
+            np.ascontiguousarray(adv[tokens]), np.ascontiguousarray(lp[tokens]), unit_valid
+        )
+        cand_index = index[unit_taken & ~ppo_clipped[tokens] & (lb < c) & (c < ub)]
+        candidates[cand_index] = True
+        if perms is not None:
+            pi = _check_perm(perms[u], cand_index.size, u)
+        elif cand_index.size > 0:
+            pi = rng.permutation(cand_index.size)
+        else:
+            continue
+        quota = max(int(np.floor(ratio * np.count_nonzero(unit_taken))), 1)
+        selected[cand_index[pi[: min(quota, cand_index.size)]]] = True
+    shape = np.shape(advantages)
+    out = selected.reshape(shape)
+    return (out, candidates.reshape(shape)) if return_candidates else out
 
 
 def _token_pair(

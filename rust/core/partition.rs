@@ -13,10 +13,11 @@ const CHUNK: usize = 1 << 18;
 /// Elements per block: a block whose values are all decided is never looked at again.
 const BLOCK: usize = 32;
 
-/// The order-preserving image of a non-NaN float: `a < b ⇔ key(a) < key(b)` (−0 < +0).
+/// The order-preserving image of a non-NaN float: `a < b ⇔ key(a) < key(b)`, and `a == b ⇔
+/// key(a) == key(b)`: −0 is taken as +0 (`x + 0.0`), so that a cut at zero keeps both.
 #[inline(always)]
 pub fn order_key(x: f32) -> u32 {
-    let bits = x.to_bits();
+    let bits = (x + 0.0).to_bits();
     // Negative: flip every bit; non-negative: set the sign bit (branch-free, vectorisable).
     bits ^ ((((bits as i32) >> 31) as u32) | 0x8000_0000)
 }
@@ -182,10 +183,10 @@ mod avx2 {
     };
 
     /// Signed image of the order key (`key ^ 0x8000_0000`), so that AVX2's signed compare orders
-    /// keys: `bits ^ ((bits >> 31) & 0x7FFF_FFFF)` with an arithmetic shift.
+    /// keys: `bits ^ ((bits >> 31) & 0x7FFF_FFFF)` with an arithmetic shift, −0 taken as +0.
     #[inline(always)]
     unsafe fn signed_keys(x: __m256) -> __m256i {
-        let bits = _mm256_castps_si256(x);
+        let bits = _mm256_castps_si256(_mm256_add_ps(x, _mm256_setzero_ps()));
         let flip = _mm256_and_si256(_mm256_srai_epi32(bits, 31), _mm256_set1_epi32(i32::MAX));
         _mm256_xor_si256(bits, flip)
     }

@@ -136,6 +136,37 @@ fn a_misleading_sample_falls_back_to_the_exact_path() {
 }
 
 #[test]
+fn signed_zeros_tie_at_a_cut_at_zero() {
+    // −0 == +0: a cut at zero keeps both, on the histogram path and the sampled one.
+    let small = [-0.0f32, 0.0, -1.5, 1.5, 0.0, 2.25];
+    check(&small, None, 0.5, Method::Linear, NanPolicy::Raise);
+    let mut out = [0u8; 6];
+    high_entropy_select(
+        &small,
+        None,
+        0.5,
+        Method::Linear,
+        NanPolicy::Raise,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(out, [1, 1, 0, 1, 1, 1]);
+    let n = 1 << 21;
+    let mut rng = Rng::new(10);
+    let large: Vec<f32> = (0..n)
+        .map(|i| match i % 4 {
+            0 => -0.0,
+            1 => 0.0,
+            _ => rng.unit() as f32 - 2.0,
+        })
+        .collect();
+    for rho in [0.5, 0.3] {
+        check(&large, None, rho, Method::Linear, NanPolicy::Raise);
+        check(&large, None, rho, Method::TopK, NanPolicy::Raise);
+    }
+}
+
+#[test]
 fn small_units_use_the_histogram_path_exactly() {
     let mut rng = Rng::new(8);
     for n in [1usize, 2, 3, 17, 1000, 70_000] {
@@ -161,6 +192,9 @@ fn every_simd_level_marks_the_same_values() {
     }
     for i in (3..n).step_by(5) {
         values[i] = 0.25;
+    }
+    for i in (1..n).step_by(7) {
+        values[i] = if i % 2 == 0 { -0.0 } else { 0.0 };
     }
     let mask: Vec<u8> = (0..n).map(|_| rng.chance(0.8) as u8 * 3).collect();
     let ran = super::each_level(&serial, |_| {

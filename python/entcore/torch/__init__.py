@@ -11,6 +11,10 @@ The rollout statistics (``rollout.md``, :mod:`entcore.torch.rollout`, and ``nucl
 :mod:`entcore.torch.nucleus`) compute in float64 on the input's device and return float32 (float64
 for float64 input) per-token results and losses, float64 summaries; see their module docstring.
 
+:mod:`entcore.torch.policy_loss` (torch only, no NumPy or reference face) holds verl-style policy
+losses ``(old_log_prob, log_prob, advantages, response_mask, ...) -> (loss, metrics)`` built from
+those functions.
+
 Requires torch: ``pip install entcore[torch]``.
 """
 
@@ -23,10 +27,12 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
         "entcore.torch needs PyTorch, which is not installed: pip install entcore[torch]"
     ) from err
 
-from entcore.torch import nucleus, rollout, token
+from entcore.torch import nucleus, policy_loss, rollout, token
 from entcore.torch.nucleus import *  # noqa: F403
+from entcore.torch.policy_loss import *  # noqa: F403
 from entcore.torch.rollout import *  # noqa: F403
 from entcore.torch.token import *  # noqa: F403
 
-# The same names as entcore and entcore.reference (tests/test_faces.py holds them equal).
-__all__ = [*token.__all__, *rollout.__all__, *nucleus.__all__]
+# The same names as entcore and entcore.reference (tests/test_faces.py holds them equal), plus
+# the torch-only policy-loss entry points of entcore.torch.policy_loss.
+__all__ = [*token.__all__, *rollout.__all__, *nucleus.__all__, *policy_loss.__all__]

@@ -329,6 +329,7 @@ def linear_state(
     n_splits = triton.cdiv(vocab, split_size)
     part = torch.empty((5, n_splits, rows), dtype=torch.float32, device=device)
     labels = local_labels.to(torch.int64).contiguous()
+    bias = None if bias is None else bias.contiguous()  # the kernels read it with unit stride
     if rows:
         grid = (triton.cdiv(rows, blocks.n), n_splits)
         _linear_forward_kernel[grid](
@@ -400,6 +401,7 @@ def linear_backward(
     d_bias = torch.zeros(vocab, **f32) if need_b else None
     g_dtype = hidden.dtype  # the matmul input dtype (float32 inputs keep float32)
     labels = local_labels.to(torch.int64).contiguous()
+    bias = None if bias is None else bias.contiguous()  # the kernels read it with unit stride
 
     def f32v(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(torch.float32).contiguous()

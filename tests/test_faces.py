@@ -26,7 +26,14 @@ def test_every_face_exports_the_same_names():
 
 def test_shared_functions_have_the_reference_arguments():
     # Arguments the spec gives only to the torch face (memory knobs, process groups, generators).
-    torch_only = {"chunk_rows", "row_block", "vocab_block", "vocab_process_group", "generator"}
+    torch_only = {
+        "chunk_rows",
+        "row_block",
+        "vocab_block",
+        "vocab_process_group",
+        "process_group",
+        "generator",
+    }
     for name in set(reference.__all__) - MODULES:
         ref = getattr(reference, name)
         if not inspect.isfunction(ref):

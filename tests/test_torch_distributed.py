@@ -1,10 +1,11 @@
 """``process_group`` of the torch face (``rollout.md`` §0.2, §3, §5, §6, §17.4).
 
-Over a gloo group of 2 and of 4 CPU processes (one start per world size, every case run in it),
-each rank holds a contiguous block of rows, some ranks none or only masked ones; every rank's
-result must equal its part of the single-process result on the concatenated rows: masks and
-selections exactly, thresholds, covariances and weights bit for bit. Each rank also counts its
-collective calls, which must be the fixed number each function documents whatever the data.
+Over a gloo group of 4 CPU processes and a 2-process subgroup of it (global ranks 1 and 3; the
+processes start once and run every case in both), each rank holds a contiguous block of rows,
+some ranks none or only fully masked ones. Every rank's result must equal its part of the
+single-process result on the concatenated rows: masks and selections exactly, thresholds,
+covariances and weights bit for bit. Each rank also counts its collective calls, which must be
+the fixed number each function documents whatever the data.
 
 The workers are this file run as a script (``python tests/test_torch_distributed.py``), with a
 ``FileStore`` rendezvous in the test's temporary directory.
@@ -217,10 +218,38 @@ def _single_process(case: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------------------------------------
 
 
-def _worker(rank: int, world: int, init: str, data_path: str, out_path: str) -> None:
+#: The ranks started once for every case; the 2-rank cases run on a subgroup whose rank 0 is
+#: global rank 1 (so group and global ranks differ).
+STARTED = 4
+PAIR = (1, 3)
+
+
+def _run_cases(cases: list[dict[str, Any]], group: Any, calls: dict[str, int]) -> list[Any]:
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    results = []
+    for case in cases:
+        args = _rank_inputs(case, _bounds(_n_rows(case), world), rank)
+        extra = {"return_threshold": True} if case["fn"] == "high_entropy_mask" else {}
+        # Generators differ between ranks: the group's rank 0 draw decides (clip_cov_select).
+        seed = case["kwargs"].get("generator", 0) + 1000 * rank
+        before = calls["n"]
+        try:
+            out = _call(case["fn"], args, seed, process_group=group, **extra)
+        except ValueError as err:
+            out = f"ValueError: {err}"
+        results.append({"out": out, "rounds": calls["n"] - before})
+    return results
+
+
+def _worker(rank: int, init: str, data_path: str, out_path: str) -> None:
+    """One rank: every case over all ranks, then (ranks of ``PAIR``) over a 2-rank subgroup."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # the ranks share the machine's cores
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=STARTED)
+    pair = dist.new_group(list(PAIR))
     calls = {"n": 0}
     for name in COLLECTIVES:
         original = getattr(dist, name)
@@ -230,22 +259,10 @@ def _worker(rank: int, world: int, init: str, data_path: str, out_path: str) -> 
             return _original(*args, **kwargs)
 
         setattr(dist, name, counted)
-    data = torch.load(data_path)
-    results = []
-    for case in data["cases"]:
-        bounds = _bounds(_n_rows(case), world)
-        args = _rank_inputs(case, bounds, rank)
-        before = calls["n"]
-        extra = {"return_threshold": True} if case["fn"] == "high_entropy_mask" else {}
-        try:
-            # Generators differ between ranks: group rank 0's draw decides (clip_cov_select).
-            seed = case["kwargs"].get("generator", 0)
-            out = _call(
-                case["fn"], args, seed + 1000 * rank, process_group=dist.group.WORLD, **extra
-            )
-        except ValueError as err:
-            out = f"ValueError: {err}"
-        results.append({"out": out, "rounds": calls["n"] - before})
+    cases = torch.load(data_path)
+    results = {STARTED: _run_cases(cases, dist.group.WORLD, calls)}
+    if rank in PAIR:
+        results[len(PAIR)] = _run_cases(cases, pair, calls)
     torch.save(results, out_path)
     dist.destroy_process_group()
 
@@ -286,10 +303,12 @@ def _assert_identical(got: Any, want: Any, where: str) -> None:
     torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True, msg=where)
 
 
-@pytest.mark.parametrize("world", [2, 4])
-def test_process_group_equals_single_process_on_concatenation(tmp_path, world):
+@pytest.fixture(scope="module")
+def distributed(tmp_path_factory) -> tuple[list[dict[str, Any]], dict[int, list[Any]]]:
+    """``(cases, {world: per-rank results})``: the workers started once for every case."""
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
         pytest.fail("torch.distributed with gloo is required")
+    tmp_path = tmp_path_factory.mktemp("distributed")
     cases = _cases()
     for case in cases:  # perm: a permutation of the unit's global candidate count
         if case["kwargs"].get("perm") is True:
@@ -297,45 +316,47 @@ def test_process_group_equals_single_process_on_concatenation(tmp_path, world):
             _, candidates = et.clip_cov_select(**{**args, "return_candidates": True})
             rng = np.random.default_rng(3)
             case["kwargs"]["perm"] = torch.as_tensor(rng.permutation(int(candidates.sum())))
-    torch.save({"cases": cases}, tmp_path / "data.pt")
+    torch.save(cases, tmp_path / "data.pt")
     init = f"file://{tmp_path / 'rendezvous'}"
+    outs = [tmp_path / f"out{rank}.pt" for rank in range(STARTED)]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                __file__,
-                str(rank),
-                str(world),
-                init,
-                str(tmp_path / "data.pt"),
-                str(tmp_path / f"out{rank}.pt"),
-            ],
+            [sys.executable, __file__, str(rank), init, str(tmp_path / "data.pt"), str(out)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        for rank in range(world)
+        for rank, out in enumerate(outs)
     ]
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output.decode()
-    results = [torch.load(tmp_path / f"out{rank}.pt") for rank in range(world)]
+    loaded = [torch.load(out) for out in outs]
+    return cases, {
+        STARTED: [results[STARTED] for results in loaded],
+        len(PAIR): [loaded[rank][len(PAIR)] for rank in PAIR],
+    }
 
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_process_group_equals_single_process_on_concatenation(distributed, world):
+    cases, results = distributed
     selected_somewhere = 0
     for index, case in enumerate(cases):
         where = f"case {index}: {case['fn']} {case['kwargs']}"
         bounds = _bounds(_n_rows(case), world)
         want = _single_process(case)
         for rank in range(world):
-            got = results[rank][index]
+            got = results[world][rank][index]
             assert got["rounds"] == case["rounds"], (where, rank, got["rounds"])
             if want is None:
                 assert isinstance(got["out"], str) and got["out"].startswith("ValueError"), where
                 continue
             _assert_identical(got["out"], _split_output(want, case, bounds, rank), where)
-        if isinstance(want, torch.Tensor) and want.dtype == torch.bool:
-            selected_somewhere += int(want.any())
-    assert selected_somewhere > 40  # the cases select something
+        mask = want[0] if isinstance(want, tuple) else want
+        if isinstance(mask, torch.Tensor) and mask.dtype == torch.bool:
+            selected_somewhere += int(mask.any())
+    assert selected_somewhere > 60  # the cases select something
 
 
 if __name__ == "__main__":
-    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
+    _worker(int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4])

@@ -62,13 +62,6 @@ class LogitsForward(NamedTuple):
 
 
 @triton.jit
-def _row_temperature(temps_ptr, row, temperature, ROW_T: tl.constexpr):
-    if ROW_T:
-        return tl.load(temps_ptr + row)
-    return temperature
-
-
-@triton.jit
 def _load_scaled(x_row, cols, vocab, t, SCALE: tl.constexpr):
     """``z' = float32(z) / T`` for the tile ``cols``; out-of-range entries are ``-inf``."""
     z = tl.load(x_row + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
@@ -101,7 +94,9 @@ def _logits_forward_kernel(
 ):
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x
-    t = _row_temperature(temps_ptr, row, temperature, ROW_T)
+    t = temperature
+    if ROW_T:
+        t = tl.load(temps_ptr + row)
     lanes = tl.arange(0, BLOCK_V)
     m = tl.full([BLOCK_V], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK_V], tl.float32)
@@ -183,7 +178,9 @@ def _logits_backward_kernel(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x
     g_row = grad_ptr + row * vocab
-    t = _row_temperature(temps_ptr, row, temperature, ROW_T)
+    t = temperature
+    if ROW_T:
+        t = tl.load(temps_ptr + row)
     lse = tl.load(lse_ptr + row)
     lanes = tl.arange(0, BLOCK_V)
     sum_p2 = 0.0
@@ -226,10 +223,15 @@ def _logits_backward_kernel(
         tl.store(g_row + cols, g.to(grad_ptr.dtype.element_ty), mask=cols < vocab)
 
 
-def _launch_shape(vocab: int, block: int) -> tuple[int, int]:
-    """``(BLOCK_V, num_warps)``: the tile, at most ``block`` and at least 16 entries."""
+def _launch_shape(vocab: int, block: int) -> tuple[int, dict[str, object]]:
+    """``(BLOCK_V, launch options)``: the tile, at most ``block`` and at least 16 entries.
+
+    FMA contraction is requested explicitly (Triton 3.9 warns when the default is relied on).
+    """
     block_v = min(block, max(16, triton.next_power_of_2(vocab)))
-    return block_v, 8 if block_v >= 2048 else 4
+    if interpreting():
+        return block_v, {}
+    return block_v, {"num_warps": 8 if block_v >= 2048 else 4, "enable_fp_fusion": True}
 
 
 def _rows_view(x2d: torch.Tensor) -> torch.Tensor:
@@ -264,7 +266,7 @@ def logits_forward(
     logprob = None if labels2d is None else torch.empty((rows, n_labels), **f32)
     labels_c = None if labels2d is None else labels2d.to(torch.int64).contiguous()
     temps_c = None if temps is None else temps.to(torch.float32).contiguous()
-    block_v, warps = _launch_shape(vocab, block)
+    block_v, launch = _launch_shape(vocab, block)
     if rows:
         _logits_forward_kernel[(rows,)](
             x2d,
@@ -286,7 +288,7 @@ def logits_forward(
             LABELS=labels2d is not None,
             BLOCK_V=block_v,
             BLOCK_K=triton.next_power_of_2(max(1, n_labels)),
-            num_warps=warps,
+            **launch,
         )
     return LogitsForward(logprob, entropy, coll, lse, mu, status)
 
@@ -317,7 +319,7 @@ def logits_backward(
     def f32(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(torch.float32).contiguous()
 
-    block_v, warps = _launch_shape(vocab, block)
+    block_v, launch = _launch_shape(vocab, block)
     if rows:
         _logits_backward_kernel[(rows,)](
             x2d,
@@ -340,6 +342,6 @@ def logits_backward(
             COLLISION=g_c is not None,
             BLOCK_V=block_v,
             BLOCK_K=triton.next_power_of_2(max(1, n_labels)),
-            num_warps=warps,
+            **launch,
         )
     return grad

@@ -143,24 +143,6 @@ def broadcast_first(group: Any, values: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def float32_keys(values: torch.Tensor) -> torch.Tensor:
-    """The order-preserving uint32 image of float32 values, as int64 (``-0.0`` → ``+0.0``)."""
-    bits = (values + 0.0).view(torch.int32).to(torch.int64)
-    return torch.where(bits >= 0, bits + 2**31, -1 - bits)
-
-
-def float32_values(keys: torch.Tensor) -> torch.Tensor:
-    """The float32 values of :func:`float32_keys` images."""
-    bits = torch.where(keys >= 2**31, keys - 2**31, -1 - keys)
-    return bits.to(torch.int32).view(torch.float32)
-
-
-def float64_keys(values: torch.Tensor) -> torch.Tensor:
-    """An order-preserving int64 image of float64 values (signed order; ``-0.0`` → ``+0.0``)."""
-    bits = (values + 0.0).view(torch.int64)
-    return torch.where(bits >= 0, bits, bits ^ (2**63 - 1))
-
-
 def radix_select(
     group: Any,
     keys: torch.Tensor,
@@ -171,11 +153,12 @@ def radix_select(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Order statistics of the keys of each unit over all ranks, by an all-reduced radix select.
 
-    ``keys`` ``(n,)`` int64: uint32 images in ``[0, 2³²)`` (``bits=32``) or int64 keys in signed
-    order (``bits=64``); ``unit`` ``(n,)`` their unit; ``positions`` ``(U, P)`` ascending ranks
-    (0-based, over the unit's keys on all ranks) to find. Returns ``(key, less, equal)``, each
-    ``(U, P)`` int64: the key at each position and how many keys of the unit (all ranks) are
-    below it and equal to it. A position outside ``[0, N_u)`` gives an unspecified key.
+    ``keys`` ``(n,)`` int64, order-preserving images of the values (the caller's): in ``[0, 2³²)``
+    (``bits=32``) or any int64 in signed order (``bits=64``); ``unit`` ``(n,)`` their unit;
+    ``positions`` ``(U, P)`` ascending ranks (0-based, over the unit's keys on all ranks) to
+    find. Returns ``(key, less, equal)``, each ``(U, P)`` int64: the key at each position and how
+    many keys of the unit (all ranks) are below it and equal to it. A position outside
+    ``[0, N_u)`` gives an unspecified key.
 
     Round ``j`` (of ``bits / 16``) counts, for every position, the ``j``-th 16-bit digit of the
     keys that agree with the digits found so far, all-reduces these ``(U, P, 2¹⁶)`` histograms,

@@ -603,11 +603,12 @@ def _call_units(
         row_unit, n_units = _units(scope, micro_batch, lay.n_rows, lay.device)
         return row_unit, n_units, None
     choice("scope", scope, ("micro_batch", "batch"))
-    ids = None
-    if scope == "micro_batch" and micro_batch is not None and not _is_size(micro_batch):
-        ids = _vector(_as_int("micro_batch", micro_batch, None), "micro_batch", lay.n_rows)
-    elif _is_size(micro_batch):
-        _integer("micro_batch", micro_batch, low=1)
+    ids = None  # checked before the first collective, so that a bad argument fails alone
+    if scope == "micro_batch" and micro_batch is not None:
+        if _is_size(micro_batch):
+            _integer("micro_batch", micro_batch, low=1)
+        else:
+            ids = _vector(_as_int("micro_batch", micro_batch, None), "micro_batch", lay.n_rows)
     rows = _distributed.exchange_rows(process_group, lay.n_rows, lay.width, lay.device, flag)
     if ids is not None:
         micro_batch = _distributed.gather_rows(rows, ids.to(lay.device)[:, None])[:, 0]
@@ -1067,6 +1068,18 @@ def _float_keys(v: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0, bits + 2**31, -1 - bits)
 
 
+def _float_values(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 values of :func:`_float_keys` images."""
+    bits = torch.where(keys >= 2**31, keys - 2**31, -1 - keys)
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def _float64_keys(v: torch.Tensor) -> torch.Tensor:
+    """An order-preserving int64 image of float64 values, in signed order (``-0.0`` → ``+0.0``)."""
+    bits = (v + 0.0).view(torch.int64)
+    return torch.where(bits >= 0, bits, bits ^ (2**63 - 1))
+
+
 def _high_entropy_mask_sorted(
     x: torch.Tensor,
     mask: Any,
@@ -1200,7 +1213,7 @@ def _high_entropy_mask_distributed(
         counts = torch.where(poisoned, 0, counts)
     g = torch.where(valid, g, 0.0) + 0.0  # -0.0 → +0.0; invalid cells are never compared
     cell_unit = row_unit[:, None].expand(lay.n_rows, lay.width)
-    keys = _distributed.float32_keys(g[valid])
+    keys = _float_keys(g[valid])
     unit = cell_unit[valid]
     n = counts.to(_F64)
     if method == "topk":
@@ -1208,7 +1221,7 @@ def _high_entropy_mask_distributed(
         keep, cut_key = _distributed.top_k(group, keys, unit, n_units, k, counts, 32)
         selected = torch.zeros(valid.shape, dtype=torch.bool, device=lay.device)
         selected[valid] = keep
-        cut_value = _distributed.float32_values(cut_key).to(_F64)
+        cut_value = _float_values(cut_key).to(_F64)
         tau = torch.where((counts > 0) & (k > 0), cut_value, math.nan)
     else:
         h = _snap((n - 1.0) * (1.0 - rho))
@@ -1216,7 +1229,7 @@ def _high_entropy_mask_distributed(
         found, _, _ = _distributed.radix_select(
             group, keys, unit, n_units, positions.to(torch.int64), 32
         )
-        stats = _distributed.float32_values(found).to(_F64)
+        stats = _float_values(found).to(_F64)
         tau, cut = _quantile_cut(method, h, stats[:, 0], stats[:, 1])
         tau = torch.where(counts > 0, tau, math.nan)
         cut32 = cut.to(torch.float32)  # an fp32 value exactly: the comparison is exact
@@ -1672,7 +1685,7 @@ def kl_cov_select(
     if units is not None:
         counts = _distributed.all_reduce_sum(units.group, counts)
         k = torch.clamp(torch.floor(ratio * counts.to(_F64)), min=1.0).to(torch.int64)
-        keys = _distributed.float64_keys(values)
+        keys = _float64_keys(values)
         keep, _ = _distributed.top_k(units.group, keys, unit, n_units, k, counts, 64)
         selected = torch.zeros(valid.shape, dtype=torch.bool, device=device)
         selected[valid] = keep

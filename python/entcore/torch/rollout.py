@@ -9,8 +9,11 @@ oracle ``entcore.reference.rollout`` (whose docstrings hold the long form of eve
   ``torch.distributed`` group over which a unit spans all ranks; the result on each rank is its
   part of the single-process result on the rows of all ranks concatenated in rank order. A
   fixed number of collective rounds per call, nothing per token gathered
-  (:mod:`entcore.torch._distributed`); every rank of the group must make the call.
-
+  (:mod:`entcore.torch._distributed`); every rank of the group must make the call. Argument
+  checks run on each rank before the first collective, so a rank whose own input is refused
+  (a NaN in ``logprob``, a bad shape) raises while the others wait in that collective, as with
+  any ``torch.distributed`` code; ``high_entropy_mask``'s ``nan_policy="raise"`` is agreed in
+  the first round and raises on every rank.
 - Layouts (§0.1): token tensors are padded ``(B, L)`` with ``mask``, or packed ``(N,)`` with
   ``cu_seqlens`` (``mask`` then optional; ``mask=None`` means all valid). Both are read into one
   ``(B, W)`` grid on the input's device (a gather for packed input), so the two layouts give the

@@ -78,7 +78,8 @@ def test_kernels_compile_for_hopper():
     from entcore.torch import _triton_token as ttok
 
     ptr = "*fp32"
-    rows = {"stride_x": "i64", "temperature": "fp32", "n_labels": "i32", "vocab": "i32"}
+    rows = {"stride_x": "i64", "temperature": "fp32", "inv_temperature": "fp32", "vocab": "i32"}
+    rows["n_labels"] = "i32"
     cases = [
         _signature(
             ttok._logits_forward_kernel,
@@ -98,7 +99,7 @@ def test_kernels_compile_for_hopper():
     ]
     matmul = {"h_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "labels_ptr": "*i64"}
     matmul |= dict.fromkeys(["stride_hn", "stride_hd", "stride_wv", "stride_wd"], "i64")
-    matmul |= {"dim": "i32", "n_rows": "i32", "temperature": "fp32"}
+    matmul |= {"dim": "i32", "n_rows": "i32", "temperature": "fp32", "inv_temperature": "fp32"}
     flags = {"HAS_BIAS": True, "SCALE": True, "IEEE": False, "UPCAST": False, "COLLISION": True}
     forward_blocks = {"BLOCK_N": tlin.BLOCK_N, "BLOCK_V": tlin.BLOCK_V, "BLOCK_D": tlin.BLOCK_D}
     grad = tlin.GRAD_BLOCKS

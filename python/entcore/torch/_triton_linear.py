@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from entcore.torch._triton_token import NEG_BIG, interpreting
+from entcore.torch._triton_token import NEG_BIG, divide, interpreting, temperature_args
 
 #: Tiles of the fused matmul (rows, vocabulary columns, hidden slice) and its launch shape.
 BLOCK_N = 128
@@ -76,6 +76,7 @@ def _logits_tile(
     v_end,
     dim,
     temperature,
+    inv_temperature,
     HAS_BIAS: tl.constexpr,
     SCALE: tl.constexpr,
     IEEE: tl.constexpr,
@@ -111,7 +112,7 @@ def _logits_tile(
     if HAS_BIAS:
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
     if SCALE:
-        acc = acc / temperature
+        acc = divide(acc, temperature, inv_temperature)
     return tl.where(col_ok[None, :], acc, float("-inf"))
 
 
@@ -131,6 +132,7 @@ def _linear_forward_kernel(
     dim,
     split_size,
     temperature,
+    inv_temperature,
     HAS_BIAS: tl.constexpr,
     SCALE: tl.constexpr,
     IEEE: tl.constexpr,
@@ -170,6 +172,7 @@ def _linear_forward_kernel(
             v_end,
             dim,
             temperature,
+            inv_temperature,
             HAS_BIAS,
             SCALE,
             IEEE,
@@ -222,6 +225,7 @@ def _linear_grad_kernel(
     v_end,
     dim,
     temperature,
+    inv_temperature,
     HAS_BIAS: tl.constexpr,
     SCALE: tl.constexpr,
     IEEE: tl.constexpr,
@@ -253,6 +257,7 @@ def _linear_grad_kernel(
         v_end,
         dim,
         temperature,
+        inv_temperature,
         HAS_BIAS,
         SCALE,
         IEEE,
@@ -279,7 +284,7 @@ def _linear_grad_kernel(
         onehot = (cols64[None, :] == y[:, None]).to(tl.float32)
         g += g_y[:, None] * (onehot - p)
     if SCALE:
-        g = g / temperature
+        g = g * inv_temperature
     out = g_ptr + rows64[:, None] * stride_g + cols64[None, :]
     tl.store(out, g.to(g_ptr.dtype.element_ty), mask=row_ok[:, None] & (cols < v_end)[None, :])
 
@@ -350,7 +355,7 @@ def linear_state(
             vocab,
             dim,
             split_size,
-            float(temperature),
+            *temperature_args(None, temperature)[1:],
             HAS_BIAS=bias is not None,
             COLLISION=collision,
             BLOCK_N=blocks.n,
@@ -443,7 +448,7 @@ def linear_backward(
                 r1 - r0,
                 v1 - v0,
                 dim,
-                float(temperature),
+                *temperature_args(None, temperature)[1:],
                 HAS_BIAS=bias is not None,
                 LABELS=g_lp is not None,
                 ENTROPY=g_h is not None,

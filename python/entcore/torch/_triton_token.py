@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -62,11 +63,24 @@ class LogitsForward(NamedTuple):
 
 
 @triton.jit
-def _load_scaled(x_row, cols, vocab, t, SCALE: tl.constexpr):
+def divide(z, t, r):
+    """``z / t`` rounded to nearest, from ``r = RN(1/t)`` with one fma correction (Markstein).
+
+    ``q = z·r`` is within about an ulp of ``z/t``; ``q + (z − q·t)·r`` (the remainder exact by fma)
+    is then the correctly rounded quotient (at most an ulp off in rare cases), at 3 operations
+    instead of a full division. Infinite and NaN quotients are ``z·r`` itself.
+    """
+    q = z * r
+    exact = tl.fma(tl.fma(-q, t, z), r, q)
+    return tl.where(tl.abs(q) < float("inf"), exact, q)
+
+
+@triton.jit
+def _load_scaled(x_row, cols, vocab, t, r, SCALE: tl.constexpr):
     """``z' = float32(z) / T`` for the tile ``cols``; out-of-range entries are ``-inf``."""
     z = tl.load(x_row + cols, mask=cols < vocab, other=float("-inf")).to(tl.float32)
     if SCALE:
-        z = z / t
+        z = divide(z, t, r)
     return z
 
 
@@ -76,6 +90,7 @@ def _logits_forward_kernel(
     stride_x,
     temps_ptr,
     temperature,
+    inv_temperature,
     labels_ptr,
     n_labels,
     logprob_ptr,
@@ -95,8 +110,10 @@ def _logits_forward_kernel(
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_x
     t = temperature
+    r = inv_temperature
     if ROW_T:
-        t = tl.load(temps_ptr + row)
+        t = tl.load(temps_ptr + 2 * row)
+        r = tl.load(temps_ptr + 2 * row + 1)
     lanes = tl.arange(0, BLOCK_V)
     m = tl.full([BLOCK_V], float("-inf"), tl.float32)
     s = tl.zeros([BLOCK_V], tl.float32)
@@ -105,7 +122,7 @@ def _logits_forward_kernel(
     nan = tl.zeros([BLOCK_V], tl.int32)
     posinf = tl.zeros([BLOCK_V], tl.int32)
     for v0 in range(0, vocab, BLOCK_V):
-        z = _load_scaled(x_row, v0 + lanes, vocab, t, SCALE)
+        z = _load_scaled(x_row, v0 + lanes, vocab, t, r, SCALE)
         nan |= (z != z).to(tl.int32)
         posinf |= (z == float("inf")).to(tl.int32)
         valid = (z > float("-inf")) & (z < float("inf"))  # False for masked, NaN and +inf
@@ -114,9 +131,9 @@ def _logits_forward_kernel(
         ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         zs = tl.where(valid, z - ref, NEG_BIG)  # z' − m_new (0 for a new maximum)
         dm = tl.where(m == float("-inf"), NEG_BIG, m - ref)  # m_old − m_new (0 if unchanged)
-        r = tl.exp(tl.where(gt, dm, zs))  # the one exp of this entry
-        e = tl.where(gt, 1.0, r)  # exp(z' − m_new)
-        a = tl.where(gt, r, 1.0)  # exp(m_old − m_new)
+        one_exp = tl.exp(tl.where(gt, dm, zs))  # the one exp of this entry
+        e = tl.where(gt, 1.0, one_exp)  # exp(z' − m_new)
+        a = tl.where(gt, one_exp, 1.0)  # exp(m_old − m_new)
         w = a * (w + dm * s) + zs * e
         s = a * s + e
         if COLLISION:
@@ -148,7 +165,7 @@ def _logits_forward_kernel(
         y = tl.load(labels_ptr + row * n_labels + ks, mask=kmask, other=0)
         z_y = tl.load(x_row + y, mask=kmask, other=0.0).to(tl.float32)
         if SCALE:
-            z_y = z_y / t
+            z_y = divide(z_y, t, r)
         tl.store(logprob_ptr + row * n_labels + ks, (z_y - ref) - log_s, mask=kmask)
 
 
@@ -159,6 +176,7 @@ def _logits_backward_kernel(
     grad_ptr,
     temps_ptr,
     temperature,
+    inv_temperature,
     labels_ptr,
     n_labels,
     g_lp_ptr,
@@ -179,8 +197,10 @@ def _logits_backward_kernel(
     x_row = x_ptr + row * stride_x
     g_row = grad_ptr + row * vocab
     t = temperature
+    r = inv_temperature
     if ROW_T:
-        t = tl.load(temps_ptr + row)
+        t = tl.load(temps_ptr + 2 * row)
+        r = tl.load(temps_ptr + 2 * row + 1)
     lse = tl.load(lse_ptr + row)
     lanes = tl.arange(0, BLOCK_V)
     sum_p2 = 0.0
@@ -189,7 +209,7 @@ def _logits_backward_kernel(
         g_c = tl.load(g_c_ptr + row)
         acc = tl.zeros([BLOCK_V], tl.float32)
         for v0 in range(0, vocab, BLOCK_V):
-            p = tl.exp(_load_scaled(x_row, v0 + lanes, vocab, t, SCALE) - lse)
+            p = tl.exp(_load_scaled(x_row, v0 + lanes, vocab, t, r, SCALE) - lse)
             acc += p * p
         sum_p2 = tl.sum(acc, 0)
     mu = 0.0
@@ -207,7 +227,7 @@ def _logits_backward_kernel(
     g_y_sum = tl.sum(g_y, 0)
     for v0 in range(0, vocab, BLOCK_V):
         cols = v0 + lanes
-        z = _load_scaled(x_row, cols, vocab, t, SCALE)
+        z = _load_scaled(x_row, cols, vocab, t, r, SCALE)
         p = tl.exp(z - lse)  # exactly 0 on masked entries
         g = tl.zeros([BLOCK_V], tl.float32)
         if ENTROPY:
@@ -219,7 +239,7 @@ def _logits_backward_kernel(
             hit = cols[:, None] == y[None, :]
             g += tl.sum(tl.where(hit, g_y[None, :], 0.0), 1) - g_y_sum * p
         if SCALE:
-            g = g / t
+            g = g * r
         tl.store(g_row + cols, g.to(grad_ptr.dtype.element_ty), mask=cols < vocab)
 
 
@@ -232,6 +252,22 @@ def _launch_shape(vocab: int, block: int) -> tuple[int, dict[str, object]]:
     if interpreting():
         return block_v, {}
     return block_v, {"num_warps": 8 if block_v >= 2048 else 4, "enable_fp_fusion": True}
+
+
+def temperature_args(
+    temps: torch.Tensor | None, temperature: float
+) -> tuple[torch.Tensor | None, float, float]:
+    """``(per-row pairs, T, RN(1/T))`` as the kernels read the temperature (float32).
+
+    Per-row temperatures become an ``(N, 2)`` float32 tensor of ``(T, RN(1/T))`` rows (or None);
+    the scalar ``T`` and its reciprocal are rounded to float32 (IEEE division).
+    """
+    t32 = np.float32(temperature)
+    inv = float(np.float32(1.0) / t32)
+    if temps is None:
+        return None, float(t32), inv
+    t = temps.to(torch.float32)
+    return torch.stack([t, 1.0 / t], dim=1).contiguous(), float(t32), inv
 
 
 def _rows_view(x2d: torch.Tensor) -> torch.Tensor:
@@ -265,14 +301,15 @@ def logits_forward(
     n_labels = 0 if labels2d is None else labels2d.shape[1]
     logprob = None if labels2d is None else torch.empty((rows, n_labels), **f32)
     labels_c = None if labels2d is None else labels2d.to(torch.int64).contiguous()
-    temps_c = None if temps is None else temps.to(torch.float32).contiguous()
+    pairs, t32, inv = temperature_args(temps, temperature)
     block_v, launch = _launch_shape(vocab, block)
     if rows:
         _logits_forward_kernel[(rows,)](
             x2d,
             x2d.stride(0),
-            temps_c,
-            float(temperature),
+            pairs,
+            t32,
+            inv,
             labels_c,
             n_labels,
             logprob,
@@ -319,14 +356,16 @@ def logits_backward(
     def f32(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(torch.float32).contiguous()
 
+    pairs, t32, inv = temperature_args(temps, temperature)
     block_v, launch = _launch_shape(vocab, block)
     if rows:
         _logits_backward_kernel[(rows,)](
             x2d,
             x2d.stride(0),
             grad,
-            f32(temps),
-            float(temperature),
+            pairs,
+            t32,
+            inv,
             labels2d.to(torch.int64).contiguous() if labels else None,
             n_labels,
             f32(g_lp) if labels else None,

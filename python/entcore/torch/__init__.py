@@ -3,9 +3,10 @@
 ``entcore.torch.<name>`` has the names, argument names and defaults of ``entcore.<name>`` (NumPy,
 Rust core) and ``entcore.reference.<name>`` (float64 oracle). CPU tensors go through the Rust
 core (bfloat16 handed over as its 16-bit pattern, zero copy); tensors on any other device stay
-there and are processed in row chunks by torch (``token.md`` §8). Results are float32 tensors on
-the input's device. The torch-only memory knobs (``chunk_rows``, ``row_block``, ``vocab_block``,
-``vocab_process_group``) change the rounding at most (``token.md`` §8).
+there and go through fused Triton kernels (CUDA) or row chunks in torch (``token.md`` §8).
+Results are float32 tensors on the input's device. The torch-only memory knobs (``chunk_rows``,
+``row_block``, ``vocab_block``, ``vocab_process_group``) change the rounding at most
+(``token.md`` §8).
 
 The rollout statistics (``rollout.md``, :mod:`entcore.torch.rollout`, and ``nucleus_entropy`` in
 :mod:`entcore.torch.nucleus`) compute in float64 on the input's device and return float32 (float64

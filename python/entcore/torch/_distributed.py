@@ -162,23 +162,33 @@ def radix_select(
 
     Round ``j`` (of ``bits / 16``) counts, for every position, the ``j``-th 16-bit digit of the
     keys that agree with the digits found so far, all-reduces these ``(U, P, 2¹⁶)`` histograms,
-    and walks each cumulative histogram to the digit holding the position.
+    and walks each cumulative histogram to the digit holding the position. The first round reads
+    every key once (all positions share its histogram); later rounds read only the keys still
+    agreeing with some position, usually few.
     """
     device = keys.device
     n_pos = positions.shape[1]
-    unsigned = keys ^ _INT64_MIN if bits == 64 else keys  # digits of the unsigned order
+    size = n_units * n_pos * BINS
+    alive = keys ^ _INT64_MIN if bits == 64 else keys  # digits of the unsigned order
+    alive_unit = unit
+    matching: torch.Tensor | None = None  # (P, alive) after the first round
     remaining = positions.clone()
     less = torch.zeros_like(positions)
     key = torch.zeros_like(positions)
-    matching = [torch.ones(keys.shape, dtype=torch.bool, device=device) for _ in range(n_pos)]
+    hist = torch.zeros((n_units, n_pos, BINS), dtype=torch.int64, device=device)
     for j in range(bits // DIGIT_BITS):
         shift = bits - DIGIT_BITS * (j + 1)
-        digit = (unsigned >> shift) & (BINS - 1)
-        local = torch.zeros(n_units * n_pos * BINS, dtype=torch.int64, device=device)
-        for p in range(n_pos):
-            cell = ((unit * n_pos + p) * BINS + digit)[matching[p]]
-            local += torch.bincount(cell, minlength=n_units * n_pos * BINS)
-        hist = all_reduce_sum(group, local).reshape(n_units, n_pos, BINS)
+        digit = (alive >> shift) & (BINS - 1)
+        if matching is None:  # every key agrees with the empty prefix of every position
+            counts = torch.bincount(alive_unit * BINS + digit, minlength=n_units * BINS)
+            local = counts[: n_units * BINS].reshape(n_units, 1, BINS).expand(-1, n_pos, -1)
+        else:  # cells of keys agreeing with no prefix go to a spare last bin
+            local = torch.zeros(size + 1, dtype=torch.int64, device=device)
+            for p in range(n_pos):
+                cell = (alive_unit * n_pos + p) * BINS + digit
+                local += torch.bincount(torch.where(matching[p], cell, size), minlength=size + 1)
+            local = local[:size]
+        hist = all_reduce_sum(group, local.reshape(n_units, n_pos, BINS))
         cumulative = torch.cumsum(hist, dim=-1)
         found = torch.searchsorted(cumulative, remaining[..., None], right=True)
         found = found.clamp(max=BINS - 1)
@@ -189,8 +199,10 @@ def radix_select(
         # The top digit of a 64-bit key carries the sign: (d − 2¹⁵)·2⁴⁸ stays in int64.
         top = j == 0 and bits == 64
         key = key + ((found - 2**15) if top else found) * (1 << shift)
-        for p in range(n_pos):
-            matching[p] = matching[p] & (digit == found[unit, p])
+        agree = digit[None, :] == found[alive_unit].T  # (P, alive)
+        matching = agree if matching is None else matching & agree
+        still = torch.nonzero(matching.any(dim=0)).reshape(-1)
+        alive, alive_unit, matching = alive[still], alive_unit[still], matching[:, still]
     equal = torch.gather(hist, -1, found[..., None])[..., 0]
     return key, less, equal
 

@@ -286,7 +286,9 @@ def token_logprob_entropy_linear(
             ``[0, V_total)`` or ``ignore_index`` (``ℓ = 0``, no gradient from ``ℓ``).
         temperature: a scalar ``T > 0`` (a constant for autograd).
         row_block, vocab_block: tile sizes (defaults 1024 and 4096); any value, no divisibility
-            requirement on ``N``, ``V`` or ``D``.
+            requirement on ``N``, ``V`` or ``D``. With the Triton kernels (CUDA, module
+            docstring) the forward uses the kernel's own tiles and these size the chunk of
+            ``g_z`` in the backward.
         vocab_process_group: a ``torch.distributed`` group over which the vocabulary is sharded
             (tensor parallel). Rank ``r`` holds rows ``[offset_r, offset_r + V_r)`` of the full
             head in rank order; ranks all-reduce ``MAX`` of the row maximum, rescale ``(s, w, q)``
@@ -472,10 +474,8 @@ def _kernel_choice() -> str:
 
 
 def _triton_module(name: str) -> Any:
-    """``entcore.torch.<name>`` (a Triton kernel module), or None when Triton cannot be imported.
-
-    Looked up in ``sys.modules`` first, so a test can substitute an interpreted copy.
-    """
+    """``entcore.torch.<name>`` (a Triton kernel module), or None when Triton cannot be imported
+    (an error when ``ENTCORE_TORCH_KERNEL=triton`` asks for it)."""
     try:
         return importlib.import_module(f"entcore.torch.{name}")
     except ImportError:
@@ -1124,7 +1124,7 @@ def _linear_forward(
     ignored = _ignored(labels, opts.ignore_index)
     local = labels - opts.offset
     owned_all = ~ignored & (local >= 0) & (local < local_vocab)
-    kernels = _linear_kernels(hidden, weight, bias, opts)
+    kernels = _linear_kernels(hidden, weight, bias)
     if kernels is not None:
         m_all, s_all, w_all, q_all, y_all = kernels.linear_state(
             hidden,
@@ -1173,9 +1173,7 @@ def _linear_forward(
     return _linear_finish(m_all, s_all, w_all, q_all, y_all, owned_all, ignored, opts)
 
 
-def _linear_kernels(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, opts: _LinearOptions
-) -> Any:
+def _linear_kernels(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
     """The Triton linear-head module when it runs for these inputs (same-dtype fp32/bf16/fp16)."""
     dtypes = [hidden.dtype] + ([] if bias is None else [bias.dtype])
     if weight.dtype != hidden.dtype or not _uses_triton(hidden.device, *dtypes):
@@ -1263,7 +1261,7 @@ def _linear_backward(
     local = labels - opts.offset
     if g_lp is not None:
         g_lp = torch.where(ignored, 0.0, g_lp.to(acc))
-    kernels = _linear_kernels(hidden, weight, bias, opts)
+    kernels = _linear_kernels(hidden, weight, bias)
     if kernels is not None:
         owned = ~ignored & (local >= 0) & (local < local_vocab)
         d_hidden, d_weight, d_bias = kernels.linear_backward(

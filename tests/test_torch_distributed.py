@@ -45,13 +45,14 @@ def _bounds(n_rows: int, world: int) -> list[int]:
     return [0, min(3, n_rows), min(3, n_rows), min(4, n_rows), n_rows]
 
 
-def _batch(gen: torch.Generator, layout: str, ties: bool, n_rows: int = 8) -> dict[str, Any]:
+def _batch(
+    gen: torch.Generator, layout: str, ties: bool, n_rows: int = 8, width: int = 9
+) -> dict[str, Any]:
     """Token inputs of one batch: padded ``(B, L)`` or packed with ``cu_seqlens``.
 
     Row 1 is empty, row 3 fully masked, and values at masked positions are NaN (never read).
     With ``ties`` the values come from a few levels.
     """
-    width = 9
     lengths = torch.randint(0, width + 1, (n_rows,), generator=gen)
     if n_rows > 1:
         lengths[1] = 0  # an empty row
@@ -158,6 +159,14 @@ def _cases() -> list[dict[str, Any]]:
     bf16 = _batch(gen, "packed", True)
     bf16["entropy"] = bf16["entropy"].to(torch.bfloat16)
     add("high_entropy_mask", bf16, entropy_only, 4, rho=0.3)
+    # A larger batch (about 5000 tokens): order statistics in many digit buckets.
+    large = _batch(gen, "packed", False, n_rows=40, width=250)
+    for method in ("linear", "topk"):
+        add("high_entropy_mask", large, entropy_only, 4 + (method == "topk"), method=method)
+        add("high_entropy_mask", large, entropy_only, 5 + (method == "topk"), method=method,
+            micro_batch=torch.arange(40) % 3)  # fmt: skip
+    add("kl_cov_select", large, cov_args, 9, ratio=0.01)
+    add("clip_cov_select", large, clip_args, 4, ratio=0.05, seed=1, lb=-0.2, ub=0.2)
     # No rows anywhere: no units.
     empty = _batch(gen, "padded", False, n_rows=0)
     add("high_entropy_mask", empty, entropy_only, 4, rho=0.3)

@@ -175,7 +175,7 @@ def radix_select(
     remaining = positions.clone()
     less = torch.zeros_like(positions)
     key = torch.zeros_like(positions)
-    hist = torch.zeros((n_units, n_pos, BINS), dtype=torch.int64, device=device)
+    hist = positions  # replaced by every round's histograms (bits ≥ 32: at least two rounds)
     for j in range(bits // DIGIT_BITS):
         shift = bits - DIGIT_BITS * (j + 1)
         digit = (alive >> shift) & (BINS - 1)

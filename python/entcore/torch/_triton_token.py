@@ -5,10 +5,11 @@ tile to float32 in registers (bf16/fp16/fp32 input), scales ``z' = z / T`` and m
 into a per-lane row state ``(m, s, w, q)`` of ``token.md`` §2 (lane ``i`` sees entries
 ``i, i + BLOCK_V, …``; one ``exp`` per entry: the new maximum's own term is ``exp(0) = 1``, the
 rescale of the old state is ``exp(m_old − z)``). The lanes are merged once at the end with the
-rule of §2 (online softmax, Milakov & Gimelshein, arXiv 1805.02867). Masked (``-inf``) entries,
-NaN and ``+inf`` never enter the state; the last two are reported in a per-row status word
-(bit 0: NaN, bit 1: ``+inf`` in ``z / T``, bit 2: every entry ``-inf``) that the caller turns into
-the documented errors or NaN rows (``token.md`` §4). The running maximum starts at ``-inf``.
+rule of §2 (online softmax, Milakov & Gimelshein, arXiv 1805.02867). Masked (``-inf``) entries
+and NaN add an exact 0; a NaN-propagating running maximum feeds a per-row status word (bit 0:
+NaN, bit 1: ``+inf`` in ``z / T``, bit 2: every entry ``-inf``) that the caller turns into the
+documented errors or NaN rows (``token.md`` §4; a ``+inf`` row always raises). The running
+maximum starts at ``-inf``. ``z / T`` is rounded to nearest as in the torch path (:func:`divide`).
 Outputs per row: ``H = log s − w/s``, ``LSE = m + log s``, ``μ = m + w/s``, ``Σp² = q/s²`` and
 ``ℓ_y = (z'_y − m) − log s`` for ``K`` labels, with ``z'_y`` loaded and scaled exactly as in the
 sweep (so ``ℓ_y ≤ 0``).
@@ -119,26 +120,25 @@ def _logits_forward_kernel(
     s = tl.zeros([BLOCK_V], tl.float32)
     w = tl.zeros([BLOCK_V], tl.float32)
     q = tl.zeros([BLOCK_V], tl.float32)
-    nan = tl.zeros([BLOCK_V], tl.int32)
-    posinf = tl.zeros([BLOCK_V], tl.int32)
+    seen = tl.full([BLOCK_V], float("-inf"), tl.float32)  # NaN-propagating maximum, for status
     for v0 in range(0, vocab, BLOCK_V):
         z = _load_scaled(x_row, v0 + lanes, vocab, t, r, SCALE)
-        nan |= (z != z).to(tl.int32)
-        posinf |= (z == float("inf")).to(tl.int32)
-        valid = (z > float("-inf")) & (z < float("inf"))  # False for masked, NaN and +inf
-        gt = valid & (z > m)  # a new lane maximum
-        m_new = tl.where(gt, z, m)
-        ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-        zs = tl.where(valid, z - ref, NEG_BIG)  # z' − m_new (0 for a new maximum)
-        dm = tl.where(m == float("-inf"), NEG_BIG, m - ref)  # m_old − m_new (0 if unchanged)
-        one_exp = tl.exp(tl.where(gt, dm, zs))  # the one exp of this entry
+        seen = tl.maximum(seen, z, propagate_nan=tl.PropagateNan.ALL)
+        # One update of the lane state per entry with a single exp: a new maximum (gt) adds
+        # exp(0) = 1 and rescales the old state by exp(m − z); otherwise the entry adds
+        # exp(z − m). x = −|z − m| is that exponent; a masked entry, NaN (reported through
+        # `seen`) or the first entry of an empty lane give x = NEG_BIG, whose exp is an exact 0.
+        gt = z > m
+        x = tl.maximum(-tl.abs(z - m), NEG_BIG)  # fmax: NaN → NEG_BIG
+        one_exp = tl.exp(x)
         e = tl.where(gt, 1.0, one_exp)  # exp(z' − m_new)
         a = tl.where(gt, one_exp, 1.0)  # exp(m_old − m_new)
-        w = a * (w + dm * s) + zs * e
-        s = a * s + e
+        a_s = a * s
+        w = a * w + x * tl.where(gt, a_s, e)  # e_a (w + δ s) on a new maximum, else + (z' − m) e
+        s = a_s + e
         if COLLISION:
             q = a * a * q + e * e
-        m = m_new
+        m = tl.where(gt, z, m)
     # Merge the lanes (token.md §2); empty lanes (m = -inf) drop out with weight 0.
     m_row = tl.max(m, 0)
     ref = tl.where(m_row == float("-inf"), 0.0, m_row)
@@ -146,9 +146,10 @@ def _logits_forward_kernel(
     a = tl.exp(d)
     s_row = tl.sum(a * s, 0)
     w_row = tl.sum(a * (w + d * s), 0)
-    has_nan = tl.max(nan, 0)
+    has_nan = tl.max((seen != seen).to(tl.int32), 0)
+    has_posinf = tl.max((seen == float("inf")).to(tl.int32), 0)
     empty = s_row == 0.0
-    status = has_nan * 1 + tl.max(posinf, 0) * 2 + (empty & (has_nan == 0)).to(tl.int32) * 4
+    status = has_nan * 1 + has_posinf * 2 + (empty & (has_nan == 0)).to(tl.int32) * 4
     s_safe = tl.where(empty, 1.0, s_row)
     log_s = tl.log(s_safe)
     mean_shift = w_row / s_safe  # μ − m ≤ 0

@@ -49,6 +49,14 @@ class Blocks(NamedTuple):
 DEFAULT_BLOCKS = Blocks()
 #: The backward tile is narrower: its epilogue holds more live tiles (no register spills on sm_90).
 GRAD_BLOCKS = Blocks(v=64)
+#: float32 inputs multiply on the FMA units (IEEE, no TF32): smaller tiles avoid spills.
+FP32_BLOCKS = Blocks(64, 64, 32)
+
+
+def _blocks(blocks: Blocks | None, dtype: torch.dtype, default: Blocks) -> Blocks:
+    if blocks is not None:
+        return blocks
+    return FP32_BLOCKS if dtype == torch.float32 else default
 
 
 class LinearState(NamedTuple):
@@ -323,7 +331,7 @@ def linear_state(
     local_labels: torch.Tensor,
     temperature: float,
     collision: bool,
-    blocks: Blocks = DEFAULT_BLOCKS,
+    blocks: Blocks | None = None,
 ) -> LinearState:
     """Row state of ``z' = (hidden @ weightᵀ + bias) / T`` over this shard (``token.md`` §8.2).
 
@@ -333,6 +341,7 @@ def linear_state(
     rows, dim = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
+    blocks = _blocks(blocks, hidden.dtype, DEFAULT_BLOCKS)
     n_splits = _splits(rows, vocab, device, blocks)
     split_size = triton.cdiv(triton.cdiv(vocab, n_splits), blocks.v) * blocks.v
     n_splits = triton.cdiv(vocab, split_size)
@@ -394,7 +403,7 @@ def linear_backward(
     temperature: float,
     row_block: int,
     vocab_block: int,
-    blocks: Blocks = GRAD_BLOCKS,
+    blocks: Blocks | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """Float32 ``(d_hidden, d_weight, d_bias)`` (None where not needed), ``token.md`` §5, §8.2.
 
@@ -403,6 +412,7 @@ def linear_backward(
     rows, dim = hidden.shape
     vocab = weight.shape[0]
     device = hidden.device
+    blocks = _blocks(blocks, hidden.dtype, GRAD_BLOCKS)
     need_h, need_w, need_b = needs
     f32 = {"dtype": torch.float32, "device": device}
     d_hidden = torch.zeros((rows, dim), **f32) if need_h else None

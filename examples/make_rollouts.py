@@ -58,7 +58,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
-from smollm2 import MODEL_FILE, MODEL_NAME, load_model  # noqa: E402  (examples/smollm2.py)
 
 import entcore  # noqa: E402
 from entcore.io import RolloutBuffer, save_rollouts  # noqa: E402
@@ -250,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer_out = args.tokenizer_out or args.out.parent / "smollm2_tokenizer.json"
 
     start = time.perf_counter()
+    from smollm2 import MODEL_FILE, MODEL_NAME, load_model  # examples/smollm2.py
+
     tokenizer, model = load_model()
     eos_id = int(tokenizer.eos_token_id)
     vocab_size = int(model.config.vocab_size)

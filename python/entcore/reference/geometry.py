@@ -660,8 +660,8 @@ def twonn_dimension(x: Any, *, discard_fraction: float = 0.1, method: str = "lin
     (``i = 1 … N``); the first ``k = ⌊N(1 − discard_fraction)⌋`` are kept (never the last, where
     ``F = 1``). ``"linear"``: slope through the origin of ``−ln(1 − F_i)`` on ``ln μ_(i)``;
     ``"mle"``: ``(k − 1) / (Σ_{i≤k} ln μ_(i) + (N − k) ln μ_(k))``. Exact duplicate rows are removed
-    first (one copy kept). Spec: ``matrix.md`` §3.8. arXiv 1803.06992 (scikit-dimension
-    ``_TwoNN.py`` uses ``F = i/N`` from ``i = 0``).
+    first (one copy kept). Spec: ``matrix.md`` §3.8. arXiv 1803.06992; scikit-dimension 0.5
+    ``_TwoNN.py`` computes the same (tests/test_geometry_skdim.py).
     """
     pts = _distinct_rows(x)
     frac = real("discard_fraction", discard_fraction, low=0.0, high=1.0, high_open=True)

@@ -5,11 +5,11 @@ docstrings hold the long form of every rule) and ``entcore.torch``.
 
 Core functions (``more.md`` preamble) return float32:
 
-- :func:`attention_entropy` from scores (``from_logits=True``, ``eps=0``) is the token entropy
-  of the Rust core over the rows of the attention map (``entcore.token_entropy``, no float32
-  copy of the input when no key or query mask applies; causal and key masks are written as
-  ``-inf`` into one copy). From probabilities (and with ``eps > 0``) it runs in NumPy, float64
-  inside, over blocks of rows.
+- :func:`attention_entropy` runs in the Rust core over the rows of the attention map, without a
+  float32 copy of the input when no mask applies (a causal, key or query mask is written into
+  one copy: ``-inf`` scores, or 0 probabilities): from scores (``from_logits=True``, ``eps=0``)
+  it is the token entropy kernel (``entcore.token_entropy``); from probabilities, the row kernel
+  ``−Σ p ln(p + eps)`` summed in float64. Scores with ``eps > 0`` go through NumPy in float64.
 - :func:`semantic_entropy` groups the clusters of all rows at once (a sort per row).
 - :func:`history_consistency` runs in NumPy, float64 inside, over blocks of positions.
 - :func:`entropic_overload_fraction` and :func:`attention_entropy_regularizer` act on a few
@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from entcore._arrays import float_kind
+from entcore import _core
+from entcore._arrays import as_core_float, float_kind
 from entcore.reference._layout import as_array, choice, int64_array, real
 from entcore.reference.measures import (
     ATTENTION_NORMALIZE,
@@ -126,8 +127,16 @@ def attention_entropy(
         except ValueError as err:  # the token kernel names its input "logits"
             raise ValueError(str(err).replace("logits", "attn", 1)) from None
         h = h.astype(np.float64)
+    elif not from_logits:
+        if masked:  # keys a row does not see, and excluded rows, are never read
+            a = np.where(rows[..., None] & sees, a, 0.0).astype(
+                a.dtype if a.dtype == np.float64 else np.float32
+            )
+        probs, kind = as_core_float("attn", a)
+        h = _core.prob_entropy(probs.reshape(-1, n_keys), kind, eps, propagate)
+        h = h.astype(np.float64).reshape(a.shape[:-1])
     else:
-        h = _entropy_blocks(a, sees, rows, from_logits, eps, propagate)
+        h = _softmax_entropy_blocks(a, sees, rows, eps, propagate)
     if normalize == "log_keys":
         h = h / math.log(n_keys)
     elif normalize == "row":
@@ -162,53 +171,33 @@ def _attention_input(attn: Any) -> np.ndarray:
     return a
 
 
-def _entropy_blocks(
-    a: np.ndarray,
-    sees: np.ndarray,
-    rows: np.ndarray,
-    from_logits: bool,
-    eps: float,
-    propagate: bool,
+def _softmax_entropy_blocks(
+    a: np.ndarray, sees: np.ndarray, rows: np.ndarray, eps: float, propagate: bool
 ) -> np.ndarray:
-    """``−Σ_j A_ij ln(A_ij + eps)`` per row over blocks of the leading axes.
-
-    Probabilities in float32 (float64 for float64 input; half precision widens exactly), each
-    row summed in float64; scores with ``eps > 0`` are turned into probabilities in float64.
-    """
+    """``−Σ_j p_ij ln(p_ij + eps)`` of ``p = softmax(scores)`` per row, float64, over blocks of
+    the leading axes (the ``eps > 0`` route from scores)."""
     flat = a.reshape(-1, *a.shape[-3:])  # (P, H, Q, K), P = prod(..., B)
     batch = sees.shape[0]
-    masked = not (bool(sees.all()) and bool(rows.all()))
-    dtype = np.float64 if from_logits or a.dtype == np.float64 else np.float32
     step = max(1, BLOCK_ELEMENTS // max(1, math.prod(flat.shape[1:])))
     out = np.empty(flat.shape[:-1])
     for start in range(0, flat.shape[0], step):
         idx = np.arange(start, min(start + step, flat.shape[0]))
-        block = flat[idx].astype(dtype)
+        block = flat[idx].astype(np.float64)
         vis = sees[idx % batch]
         live = np.broadcast_to(rows[idx % batch][..., None], block.shape)
-        nan_rows = np.zeros(block.shape[:-1], dtype=bool)
-        if np.isnan(block).any():
-            nan_rows = np.any(np.isnan(block) & vis & live, axis=-1)
-            if np.any(nan_rows) and not propagate:
-                raise ValueError("attn: contains NaN (pass nan_policy='propagate' for NaN rows)")
-            block = np.where(np.isnan(block) | ~live, 0.0, block).astype(dtype)
-        if from_logits:
-            block = np.where(live, np.where(vis, block, -np.inf), 0.0)
-            if np.any(block == np.inf):
-                raise ValueError("attn: +inf logits are not allowed")
-            m = block.max(axis=-1, keepdims=True)
-            if not np.all(np.isfinite(m)):
-                raise ValueError("attn: a row has no finite logit (all -inf)")
-            e = np.exp(block - m)
-            block = e / e.sum(axis=-1, keepdims=True)
-        else:
-            if masked:
-                block = np.where(vis & live, block, 0.0).astype(dtype)
-            if block.min(initial=0.0) < 0 or np.isinf(block).any():
-                raise ValueError("attn: probabilities must be finite and >= 0")
-        logs = np.log(block + dtype(eps), out=np.zeros_like(block), where=block > 0)
-        h = 0.0 - np.multiply(block, logs, out=logs).sum(axis=-1, dtype=np.float64)
-        out[idx] = np.where(nan_rows, np.nan, h)
+        nan_rows = np.any(np.isnan(block) & vis & live, axis=-1)
+        if np.any(nan_rows) and not propagate:
+            raise ValueError("attn: contains NaN (pass nan_policy='propagate' for NaN rows)")
+        block = np.where(live & ~np.isnan(block), np.where(vis, block, -np.inf), 0.0)
+        if np.any(block == np.inf):
+            raise ValueError("attn: +inf logits are not allowed")
+        m = block.max(axis=-1, keepdims=True)
+        if not np.all(np.isfinite(m)):
+            raise ValueError("attn: a row has no finite logit (all -inf)")
+        e = np.exp(block - m)
+        p = e / e.sum(axis=-1, keepdims=True)
+        logs = np.log(p + eps, out=np.zeros_like(p), where=p > 0)
+        out[idx] = np.where(nan_rows, np.nan, 0.0 - (p * logs).sum(axis=-1))
     return out.reshape(a.shape[:-1])
 
 

@@ -4,6 +4,7 @@ pub mod cov;
 pub mod dtype;
 pub mod error;
 pub mod linear;
+pub mod plogp;
 pub mod pool;
 pub mod renyi;
 pub mod segment;

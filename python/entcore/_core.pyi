@@ -46,6 +46,14 @@ def renyi_entropy(
 ) -> NDArray[np.float32]:
     """Rényi entropy of order ``alpha != 1`` per row of ``logits (N, V)``."""
 
+def prob_entropy(
+    probs: NDArray[np.float32] | NDArray[np.float64] | NDArray[np.uint16],
+    kind: FloatKind,
+    eps: float,
+    propagate_nan: bool,
+) -> NDArray[np.float32]:
+    """``−Σ_j p_j ln(p_j + eps)`` per row of probabilities ``probs (N, K)`` (``more.md`` §1)."""
+
 def topk_entropy(
     topk_logprobs: NDArray[np.float64],
     vocab_size: int,

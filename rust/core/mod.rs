@@ -5,6 +5,7 @@ pub mod dtype;
 pub mod error;
 pub mod linear;
 pub mod partition;
+pub mod plogp;
 pub mod pool;
 pub mod renyi;
 pub mod segment;

@@ -8,6 +8,7 @@ use super::arrays::optional_slice;
 use super::errors::{to_py, type_error, value_error};
 use crate::core::dtype::{as_bf16, as_f16};
 use crate::core::linear::{linear_logprob_entropy, HeadArgs};
+use crate::core::plogp::prob_entropy as prob_entropy_kernel;
 use crate::core::renyi::renyi_entropy as renyi_kernel;
 use crate::core::token::{
     token_stats as stats_kernel, Labels, Temperature, TokenArgs, TokenOutputs,
@@ -147,6 +148,29 @@ fn renyi_entropy<'py>(
     Ok(PyArray1::from_vec(py, out))
 }
 
+/// `−Σ p ln(p + eps)` per row of probabilities `(N, K)` (attention maps, `more.md` §1); the
+/// same four kinds as logits.
+#[pyfunction]
+#[pyo3(signature = (probs, kind, eps, propagate_nan))]
+fn prob_entropy<'py>(
+    py: Python<'py>,
+    probs: &Bound<'py, PyAny>,
+    kind: &str,
+    eps: f64,
+    propagate_nan: bool,
+) -> PyResult<Bound<'py, PyArray1<f32>>> {
+    let probs = Logits::extract(probs, kind)?;
+    let cols = probs.vocab();
+    let out = with_logits!(py, probs, |x| prob_entropy_kernel(
+        x,
+        cols,
+        eps,
+        propagate_nan
+    ))
+    .map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, out))
+}
+
 #[pyfunction]
 fn topk_entropy<'py>(
     py: Python<'py>,
@@ -251,6 +275,7 @@ fn token_logprob_entropy_linear<'py>(
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(token_stats, m)?)?;
     m.add_function(wrap_pyfunction!(renyi_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(prob_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(topk_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(token_logprob_entropy_linear, m)?)?;
     Ok(())

@@ -28,7 +28,9 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
         "entcore.torch needs PyTorch, which is not installed: pip install entcore[torch]"
     ) from err
 
-from entcore.torch import nucleus, policy_loss, rollout, token
+from entcore.torch import geometry, measures, nucleus, policy_loss, rollout, token
+from entcore.torch.geometry import *  # noqa: F403
+from entcore.torch.measures import *  # noqa: F403
 from entcore.torch.nucleus import *  # noqa: F403
 from entcore.torch.policy_loss import *  # noqa: F403
 from entcore.torch.rollout import *  # noqa: F403
@@ -36,4 +38,11 @@ from entcore.torch.token import *  # noqa: F403
 
 # The same names as entcore and entcore.reference (tests/test_faces.py holds them equal), plus
 # the torch-only policy-loss entry points of entcore.torch.policy_loss.
-__all__ = [*token.__all__, *rollout.__all__, *nucleus.__all__, *policy_loss.__all__]
+__all__ = [
+    *token.__all__,
+    *rollout.__all__,
+    *nucleus.__all__,
+    *measures.__all__,
+    *geometry.__all__,
+    *policy_loss.__all__,
+]

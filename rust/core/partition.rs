@@ -22,6 +22,17 @@ pub fn order_key(x: f32) -> u32 {
     bits ^ ((((bits as i32) >> 31) as u32) | 0x8000_0000)
 }
 
+/// The float of a key (the inverse of [`order_key`]; zero comes back as +0).
+#[inline(always)]
+pub fn from_key(key: u32) -> f32 {
+    let bits = if key & 0x8000_0000 != 0 {
+        key ^ 0x8000_0000
+    } else {
+        !key
+    };
+    f32::from_bits(bits)
+}
+
 /// The values that take part are the valid (mask non-zero) ones that are not NaN.
 #[derive(Copy, Clone)]
 pub struct Entries<'a> {
@@ -163,7 +174,7 @@ fn mark_scalar(
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{collect_block, Pass, BLOCK};
+    use super::{Pass, BLOCK};
 
     /// Byte `j` of entry `m` is bit `j` of `m`: eight 0/1 mask bytes from a movemask.
     const BYTES: [u64; 256] = {
@@ -238,16 +249,17 @@ mod avx2 {
             }
             above_total += above.count_ones() as usize;
             below_total += below.count_ones() as usize;
-            // Undecided: a taken value in the bracket, or a valid NaN.
-            if (above | below) != taken_bits {
-                collect_block(
-                    &values[at..at + BLOCK],
-                    valid.map(|v| &v[at..at + BLOCK]),
-                    base + at,
-                    lo_key,
-                    hi_key,
-                    pass,
-                );
+            // Undecided: a taken value in the bracket, or a valid NaN; visited lane by lane.
+            let mut undecided = taken_bits & !(above | below);
+            while undecided != 0 {
+                let j = undecided.trailing_zeros() as usize;
+                let x = *values.get_unchecked(at + j);
+                if x.is_nan() {
+                    pass.first_nan = pass.first_nan.or(Some(base + at + j));
+                } else {
+                    pass.inside.push((base + at + j, x));
+                }
+                undecided &= undecided - 1;
             }
         }
         pass.above += above_total;

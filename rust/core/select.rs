@@ -11,7 +11,7 @@
 //! read it twice.
 
 use crate::core::error::{Error, Result};
-use crate::core::partition::{order_key, partition_pass, Entries};
+use crate::core::partition::{from_key, order_key, partition_pass, Entries};
 use crate::core::pool;
 
 const BINS: usize = 1 << 16;
@@ -318,17 +318,17 @@ pub fn high_entropy_select(
     let below = pass.below as u64;
     let mut kept = pass.above;
     let mut undecided = pass.inside;
-    // The two order statistics among the bracketed values, by selection (O(n), no sort).
-    let mut inside: Vec<f32> = undecided.iter().map(|&(_, v)| v).collect();
+    // The two order statistics among the bracketed values, by selection on their keys (O(n), no
+    // sort).
+    let mut keys: Vec<u32> = undecided.iter().map(|&(_, v)| order_key(v)).collect();
     let (r_lo, r_hi) = ((lo - below) as usize, (hi - below) as usize);
-    let x_hi = *inside.select_nth_unstable_by(r_hi, f32::total_cmp).1;
-    let x_lo = if r_lo == r_hi {
-        x_hi
+    let k_hi = *keys.select_nth_unstable(r_hi).1;
+    let k_lo = if r_lo == r_hi {
+        k_hi
     } else {
-        *inside[..r_hi]
-            .select_nth_unstable_by(r_lo, f32::total_cmp)
-            .1
+        *keys[..r_hi].select_nth_unstable(r_lo).1
     };
+    let (x_lo, x_hi) = (from_key(k_lo), from_key(k_hi));
     let threshold = match method {
         Method::Linear => {
             let h = snapped((n - 1) as f64 * (1.0 - rho));

@@ -7,8 +7,9 @@ Three faces share names, arguments and defaults (``conventions.md``):
 
 from __future__ import annotations
 
-from entcore import _core, rollout, token
+from entcore import _core, kv, rollout, token
 from entcore._threads import get_num_threads, set_num_threads
+from entcore.kv import *  # noqa: F403  (every KV-cache function as entcore.<name>)
 from entcore.rollout import *  # noqa: F403  (every rollout statistic as entcore.<name>)
 from entcore.token import *  # noqa: F403  (every token statistic as entcore.<name>)
 
@@ -17,6 +18,7 @@ __version__: str = _core.__version__
 __all__ = [
     *token.__all__,
     *rollout.__all__,
+    *kv.__all__,
     "__version__",
     "get_num_threads",
     "set_num_threads",

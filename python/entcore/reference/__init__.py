@@ -10,9 +10,10 @@ Domains: ``token`` (``token.md``, plus ``nucleus_entropy`` of ``rollout.md`` §1
 
 from __future__ import annotations
 
-from entcore.reference import rollout, token
+from entcore.reference import kv, rollout, token
+from entcore.reference.kv import *  # noqa: F403
 from entcore.reference.rollout import *  # noqa: F403
 from entcore.reference.token import *  # noqa: F403
 
 # The same names as entcore and entcore.torch (tests/test_faces.py holds them equal).
-__all__ = ["rollout", "token", *token.__all__, *rollout.__all__]
+__all__ = ["kv", "rollout", "token", *token.__all__, *rollout.__all__, *kv.__all__]

@@ -23,10 +23,11 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
         "entcore.torch needs PyTorch, which is not installed: pip install entcore[torch]"
     ) from err
 
-from entcore.torch import nucleus, rollout, token
+from entcore.torch import kv, nucleus, rollout, token
+from entcore.torch.kv import *  # noqa: F403
 from entcore.torch.nucleus import *  # noqa: F403
 from entcore.torch.rollout import *  # noqa: F403
 from entcore.torch.token import *  # noqa: F403
 
 # The same names as entcore and entcore.reference (tests/test_faces.py holds them equal).
-__all__ = [*token.__all__, *rollout.__all__, *nucleus.__all__]
+__all__ = [*token.__all__, *rollout.__all__, *nucleus.__all__, *kv.__all__]

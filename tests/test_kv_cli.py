@@ -41,7 +41,7 @@ def test_profile_of_a_synthetic_dump(tmp_path, capsys):
     assert (out / "kv_profile.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads((out / "kv_profile.json").read_text())
     want = np.stack([matrix_entropy(q[i], k=8, group_size=2) for i in range(3)])
-    np.testing.assert_allclose(data["entropies"], want, rtol=1e-12)
+    np.testing.assert_allclose(data["entropies"], want, atol=1e-5)  # float32 face (matrix.md §0)
     groups = np.array(data["profile"]["groups"])
     assert groups.tolist() == [
         [1, 0],
@@ -60,7 +60,7 @@ def test_keys_only_bfloat16_dump_with_a_mask(tmp_path, capsys):
     data = json.loads((tmp_path / "o" / "kv_profile.json").read_text())
     kb = k.astype(ml_dtypes.bfloat16).astype(np.float64)
     want = matrix_entropy(kb[0], k=32, mask=mask[0][None, None])
-    np.testing.assert_allclose(data["entropies"][0], want, rtol=1e-12)
+    np.testing.assert_allclose(data["entropies"][0], want, atol=1e-5)
 
 
 @pytest.mark.parametrize(

@@ -272,13 +272,14 @@ def query_entropies(
     """UNComp's calibration statistic: ``matrix_entropy`` (``matrix.md`` §1.2, truncated at
     ``k``) of each layer's post-RoPE queries, per window of ``windows (S, N)`` token ids.
 
-    Returns float64 ``(S, L, H)``: ``H = H_q``, or ``H_q / group_size`` KV heads (the mean over
-    each group's query heads, §1.2 "Heads and GQA"). ``step(done)`` is called after each window.
+    Returns float32 ``(S, L, H)`` (``entcore.matrix_entropy``, Rust core): ``H = H_q``, or
+    ``H_q / group_size`` KV heads (the mean over each group's query heads, §1.2 "Heads and
+    GQA"). ``step(done)`` is called after each window.
     """
     import numpy as np
     import torch
 
-    from entcore.reference.matrix import matrix_entropy
+    from entcore.matrix import matrix_entropy
 
     rows = []
     for s in range(windows.shape[0]):

@@ -11,7 +11,7 @@ Sources:
   valid tokens. ``queries`` are profiled (per KV head when ``keys`` is present too, else per
   query head); a dump with ``keys`` only is profiled on its keys.
 
-Per sample the entropies are :func:`entcore.reference.matrix.matrix_entropy` (``k`` = ``--k``,
+Per sample the entropies are :func:`entcore.matrix.matrix_entropy` (``k`` = ``--k``,
 UNComp's partial top-k sum over ``ln d``); :func:`entcore.calibrate_heads` turns them into
 consensus labels. Written to ``--out``: ``kv_profile.txt`` (the table), ``kv_profile.json``
 (``HeadProfile.to_dict()`` and the per-sample entropies) and ``kv_profile.png`` (heatmap of the
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 import entcore
-from entcore.reference.matrix import matrix_entropy
+from entcore.matrix import matrix_entropy
 
 DUMP_TENSORS = ("queries", "keys", "mask")
 _FLOAT_CODES = ("F16", "BF16", "F32", "F64")

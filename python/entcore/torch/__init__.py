@@ -23,11 +23,12 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
         "entcore.torch needs PyTorch, which is not installed: pip install entcore[torch]"
     ) from err
 
-from entcore.torch import kv, nucleus, rollout, token
+from entcore.torch import kv, matrix, nucleus, rollout, token
 from entcore.torch.kv import *  # noqa: F403
+from entcore.torch.matrix import *  # noqa: F403
 from entcore.torch.nucleus import *  # noqa: F403
 from entcore.torch.rollout import *  # noqa: F403
 from entcore.torch.token import *  # noqa: F403
 
 # The same names as entcore and entcore.reference (tests/test_faces.py holds them equal).
-__all__ = [*token.__all__, *rollout.__all__, *nucleus.__all__, *kv.__all__]
+__all__ = [*token.__all__, *rollout.__all__, *nucleus.__all__, *kv.__all__, *matrix.__all__]

@@ -75,12 +75,17 @@ def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: An
     return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
 
 
-def _register_attention() -> None:
+def use_entcore_attention(model: Any) -> Any:
+    """Register the ``"entcore"`` attention with transformers and switch ``model`` (any model
+    whose attention layers go through ``AttentionInterface``, e.g. Llama) to it. Without an active
+    hook of this module it is transformers' SDPA, unchanged. Returns ``model``."""
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
     AttentionInterface.register(ATTENTION, _attention)
     ALL_MASK_ATTENTION_FUNCTIONS.register(ATTENTION, sdpa_mask)
+    model.set_attn_implementation(ATTENTION)
+    return model
 
 
 def load_smollm2() -> tuple[Any, Any]:
@@ -100,10 +105,9 @@ def load_smollm2() -> tuple[Any, Any]:
         ) from err
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
-    _register_attention()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=MODEL_FILE)
     model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=MODEL_FILE, dtype=torch.float32)
-    model.set_attn_implementation(ATTENTION)
+    use_entcore_attention(model)
     model.eval()
     return tokenizer, model
 

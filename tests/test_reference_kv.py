@@ -449,3 +449,9 @@ def test_compress_kv_errors():
         kv.compress_kv(keys.astype(np.int32), values, idx, lengths)
     with pytest.raises(ValueError, match="layout"):
         kv.compress_kv(keys, values, idx, lengths, layout="ragged")
+
+
+def test_plan_floor_is_the_smallest_over_layers():
+    plan = kv.allocate_budgets(np.ones((2, 2)), n_tokens=100, total=83, safeguard=1.0)
+    assert plan.budgets.sum(axis=1).tolist() == [42, 41]  # floors 21 and 20
+    assert plan.floor == 20 and plan.budgets.min() == 20

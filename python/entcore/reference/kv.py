@@ -341,7 +341,8 @@ class BudgetPlan:
         kept: ``Σ budgets``.
         tokens_per_head: ``kept / (L·H)``.
         achieved_ratio: ``1 − kept / (L·H·N)``, the fraction removed (kvpress' convention).
-        floor: the per-head floor ``f`` that every budget respects.
+        floor: the per-head floor ``f`` that every budget respects (the smallest over scopes:
+            with ``safeguard``, layers of ``scope="layer"`` may get different floors).
     """
 
     budgets: np.ndarray
@@ -464,7 +465,7 @@ def allocate_budgets(
     else:
         scopes = [([(layer, h) for layer in range(n_layers) for h in range(n_heads)], grand_total)]
     budgets = np.zeros((n_layers, n_heads), dtype=np.int64)
-    floor = 0
+    floors = []
     for cells, scope_total in scopes:
         h_s = len(cells)
         floor = min(n, max(min_tok, prot, math.floor(alpha * (scope_total // h_s))))
@@ -473,6 +474,7 @@ def allocate_budgets(
                 f"{target_name}: a scope of {h_s} heads gets {scope_total} tokens, outside "
                 f"[{h_s} x floor {floor}, {h_s} x N {n}] = [{h_s * floor}, {h_s * n}]"
             )
+        floors.append(floor)
         cell_weights = [Fraction(float(w[c])) for c in cells]
         shares = _shares(cell_weights, scope_total, floor, n)
         for c, b in zip(cells, _largest_remainder(shares, scope_total), strict=True):
@@ -484,7 +486,7 @@ def allocate_budgets(
         kept=kept,
         tokens_per_head=kept / (n_layers * n_heads),
         achieved_ratio=1.0 - kept / (n_layers * n_heads * n),
-        floor=floor,
+        floor=min(floors),
     )
 
 

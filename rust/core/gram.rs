@@ -6,7 +6,7 @@ use crate::core::simd::Lanes;
 
 /// Rows per f32 partial product (`matrix.md` §0 allows ≤ 1024); each chunk's f32 sums are
 /// added to the f64 matrix, so f32 rounding accumulates over at most this many products.
-pub const CHUNK_ROWS: usize = 128;
+pub const CHUNK_ROWS: usize = 256;
 
 /// Rows of `C` per register tile.
 const MR: usize = 6;

@@ -1,15 +1,11 @@
 //! Matrix entropy of token sets (`matrix.md` §0–§1): per head, centre over the valid tokens, drop
 //! zero-norm rows, L2-normalise rows, accumulate the lower triangle of `A = (1/n) Σ z zᵀ`
-//! ([`crate::core::gram`]), normalise by the trace and take the eigenvalues with faer's symmetric
-//! eigensolver in f64 (never an SVD). Heads (or pooled head groups) run in parallel on entcore's
-//! pool, one head per task, so results do not depend on the thread count.
-
-use faer::diag::Diag;
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::evd::{self_adjoint_evd, self_adjoint_evd_scratch, ComputeEigenvectors};
-use faer::{Mat, Par};
+//! ([`crate::core::gram`]), normalise by the trace and take the eigenvalues with a symmetric
+//! eigensolver in f64 ([`crate::core::eigen`], never an SVD). Heads (or pooled head groups) run
+//! in parallel on entcore's pool, one head per task, so results do not depend on the thread count.
 
 use crate::core::dtype::{Bf16Bits, F16Bits, Source};
+use crate::core::eigen::eigenvalues_desc;
 use crate::core::error::{Error, Result};
 use crate::core::gram::{accumulate_lower, gram_lower, padded, CHUNK_ROWS};
 use crate::core::pool;
@@ -659,31 +655,4 @@ fn frobenius2_lower(a: &[f64], dim: usize) -> f64 {
         sum += a[i * dim + i] * a[i * dim + i];
     }
     sum
-}
-
-/// Eigenvalues of the symmetric `dim × dim` matrix whose lower triangle is `a` (row-major), in
-/// f64 with faer, clamped at 0, descending, zero-padded or cut to `d` values.
-fn eigenvalues_desc(a: &[f64], dim: usize, d: usize) -> Result<Vec<f64>> {
-    let m = Mat::<f64>::from_fn(dim, dim, |i, j| if i >= j { a[i * dim + j] } else { 0.0 });
-    let mut s = Diag::<f64>::zeros(dim);
-    let params = Default::default();
-    let mut mem = MemBuffer::new(self_adjoint_evd_scratch::<f64>(
-        dim,
-        ComputeEigenvectors::No,
-        Par::Seq,
-        params,
-    ));
-    self_adjoint_evd(
-        m.as_ref(),
-        s.as_mut(),
-        None,
-        Par::Seq,
-        MemStack::new(&mut mem),
-        params,
-    )
-    .map_err(|_| Error::value("x", "the symmetric eigensolver did not converge"))?;
-    let mut values: Vec<f64> = s.column_vector().iter().map(|&v| v.max(0.0)).collect();
-    values.sort_by(|p, q| q.total_cmp(p));
-    values.resize(d, 0.0);
-    Ok(values)
 }

@@ -2,6 +2,7 @@
 
 pub mod cov;
 pub mod dtype;
+pub mod eigen;
 pub mod error;
 pub mod gram;
 pub mod linear;

@@ -47,6 +47,7 @@ macro_rules! for_each_simd_kind {
 
 mod cov;
 mod linear;
+mod matrix;
 mod pool;
 mod renyi;
 mod segment;

@@ -82,6 +82,40 @@ def _pool(a: np.ndarray, prefix: int, kernel: int, pooling: str) -> np.ndarray:
     return out
 
 
+def _window_softmax(
+    q: np.ndarray, k: np.ndarray, valid: np.ndarray | None, scale: np.float32
+) -> np.ndarray:
+    """Softmax rows ``(B, H_q, w, N)`` of the window queries over the keys they see (§2.4).
+
+    One 2-D BLAS product per ``(b, KV head)`` with the keys read in place (``k[b, h].T`` is a
+    view); the causal part touches only the last ``w`` columns; ``valid`` (the key mask) costs a
+    pass only when given. A row that sees no key is 0."""
+    batch, h_q, w, d = q.shape
+    h_kv, n = k.shape[1], k.shape[2]
+    group = h_q // h_kv
+    logits = np.empty((batch, h_kv, group * w, n), dtype=np.float32)
+    for b in range(batch):
+        for h in range(h_kv):
+            np.matmul(
+                q[b, h * group : (h + 1) * group].reshape(group * w, d), k[b, h].T, out=logits[b, h]
+            )
+    logits = logits.reshape(batch, h_q, w, n)
+    logits *= scale
+    future = np.arange(w)[None, :] > np.arange(w)[:, None]  # key n - w + c, query row r: c > r
+    logits[..., n - w :][..., future] = -np.inf
+    if valid is not None:
+        logits[np.broadcast_to(~valid[:, None, None, :], logits.shape)] = -np.inf
+    row_max = logits.max(axis=-1, keepdims=True)
+    seen = np.isfinite(row_max)
+    row_max[~seen] = 0
+    logits -= row_max
+    np.exp(logits, out=logits)
+    total = logits.sum(axis=-1, keepdims=True)
+    total[~seen] = 1
+    logits /= total
+    return logits
+
+
 def snapkv_scores(
     *,
     attention: Any = None,
@@ -139,18 +173,7 @@ def snapkv_scores(
             raise ValueError(f"keys: the window of {w} queries needs N >= {w} keys, got N = {n}")
         valid = key_mask_grid(key_mask, batch, n)
         step = np.float32(1.0 / np.sqrt(d) if sc is None else sc)
-        group = h_q // h_kv
-        grouped = q.reshape(batch, h_kv, group * w, d)
-        logits = (grouped @ kk.transpose(0, 1, 3, 2)) * step
-        logits = logits.reshape(batch, h_q, w, n)
-        causal = np.arange(n)[None, :] <= (n - w + np.arange(w))[:, None]
-        seen = causal[None, None] & valid[:, None, None, :]
-        logits = np.where(seen, logits, np.float32(-np.inf))
-        any_seen = seen.any(axis=-1, keepdims=True)
-        row_max = np.where(any_seen, logits.max(axis=-1, keepdims=True), np.float32(0))
-        e = np.exp(logits - row_max)
-        total = e.sum(axis=-1, keepdims=True)
-        probs = np.where(any_seen, e / np.where(total > 0, total, 1), np.float32(0))
+        probs = _window_softmax(q, kk, valid if key_mask is not None else None, step)
     prefix = max(n - w, 0)
     a = probs.sum(axis=2) if red == "sum" else probs.mean(axis=2)
     scores = _pool(a, prefix, k, pool)

@@ -44,3 +44,4 @@ test-python: build
 bench: build
 	$(PY) benchmarks/cpu_token.py
 	$(PY) benchmarks/cpu_select.py
+	$(PY) benchmarks/cpu_kv.py

@@ -134,3 +134,17 @@ def test_numpy_face_raises_the_reference_errors():
         kv.snapkv_scores(queries=q.astype(np.int64), keys=k, window=4)
     with pytest.raises(TypeError, match="scores"):
         kv.select_tokens(np.zeros((1, 1, 3), dtype=np.int32), 1)
+
+
+def test_inputs_are_never_modified():
+    rng = np.random.default_rng(3)
+    q = rng.normal(size=(1, 4, 4, 8)).astype(np.float32)
+    k = rng.normal(size=(1, 2, 16, 8)).astype(np.float32)
+    mask = rng.random((1, 16)) > 0.2
+    copies = [a.copy() for a in (q, k, mask)]
+    scores = kv.snapkv_scores(queries=q, keys=k, window=4, key_mask=mask)
+    s_copy = scores.copy()
+    idx, lengths = kv.select_tokens(scores, 3)
+    kv.compress_kv(k, k, idx, lengths, layout="flat")
+    for a, c in zip((q, k, mask, scores), (*copies, s_copy), strict=True):
+        np.testing.assert_array_equal(a, c)

@@ -4,6 +4,8 @@
 //! eigensolver in f64 ([`crate::core::eigen`], never an SVD). Heads (or pooled head groups) run
 //! in parallel on entcore's pool, one head per task, so results do not depend on the thread count.
 
+use std::cell::RefCell;
+
 use crate::core::dtype::{Bf16Bits, F16Bits, Source};
 use crate::core::eigen::eigenvalues_desc;
 use crate::core::error::{Error, Result};
@@ -13,49 +15,37 @@ use crate::core::simd::{self, Lanes, Level, Scalar};
 #[cfg(target_arch = "x86_64")]
 use crate::core::simd::{Avx2, Avx512};
 
-/// An input element type, widened exactly to f64 a row at a time.
+/// An input element type, widened exactly to f64 (one element at a time, in loops the compiler
+/// vectorises inside the kernels' `#[target_feature]` frames).
 pub trait Element: Copy + Send + Sync + 'static {
-    /// `out[j] = row[j]` in f64.
-    ///
-    /// # Safety
-    /// The CPU must support `L`; `out.len() ≥ row.len()`.
-    unsafe fn widen_row<L: Lanes>(row: &[Self], out: &mut [f64], buf: &mut [f32]);
+    fn value(self) -> f64;
 }
 
-macro_rules! lane_element {
-    ($ty:ty) => {
-        impl Element for $ty {
-            #[inline(always)]
-            unsafe fn widen_row<L: Lanes>(row: &[Self], out: &mut [f64], buf: &mut [f32]) {
-                let n = row.len();
-                let full = n - n % L::WIDTH;
-                let mut j = 0;
-                while j < full {
-                    L::store(
-                        buf.as_mut_ptr().add(j),
-                        <$ty>::load::<L>(row.as_ptr().add(j)),
-                    );
-                    j += L::WIDTH;
-                }
-                for j in full..n {
-                    buf[j] = row[j].to_f32();
-                }
-                for (o, &b) in out[..n].iter_mut().zip(&buf[..n]) {
-                    *o = b as f64;
-                }
-            }
-        }
-    };
+impl Element for f32 {
+    #[inline(always)]
+    fn value(self) -> f64 {
+        self as f64
+    }
 }
 
-lane_element!(f32);
-lane_element!(Bf16Bits);
-lane_element!(F16Bits);
+impl Element for Bf16Bits {
+    #[inline(always)]
+    fn value(self) -> f64 {
+        f32::from_bits((self.0 as u32) << 16) as f64
+    }
+}
+
+impl Element for F16Bits {
+    #[inline(always)]
+    fn value(self) -> f64 {
+        self.to_f32() as f64
+    }
+}
 
 impl Element for f64 {
     #[inline(always)]
-    unsafe fn widen_row<L: Lanes>(row: &[Self], out: &mut [f64], _: &mut [f32]) {
-        out[..row.len()].copy_from_slice(row);
+    fn value(self) -> f64 {
+        self
     }
 }
 
@@ -320,35 +310,57 @@ fn run_units<E: Element, T: Send>(
         problems / group,
         1,
         x.len(),
-        || Scratch::new(d),
-        |scratch, u| {
+        || (),
+        |_, u| {
             let heads = u * group..(u + 1) * group;
             let x = &x[heads.start * rows * d..heads.end * rows * d];
             let mask = mask.map(|m| &m[heads.start * rows..heads.end * rows]);
-            let unit = unit_matrix(x, mask, group, rows, d, prep, propagate, level, scratch)?;
-            finish(&unit)
+            SCRATCH.with(|cell| {
+                let mut slot = cell.borrow_mut();
+                if slot.as_ref().is_none_or(|s| s.d != d) {
+                    *slot = Some(Scratch::new(d));
+                }
+                let scratch = slot.as_mut().expect("set just above");
+                let unit = unit_matrix(x, mask, group, rows, d, prep, propagate, level, scratch)?;
+                finish(&unit)
+            })
         },
     );
     results.into_iter().collect()
 }
 
-/// Work buffers of one task.
+/// One cache line of f32: packed chunks start on a line, so the tile loads of
+/// [`accumulate_lower`] (whole vectors at multiples of 16 floats) never straddle two lines.
+#[derive(Copy, Clone)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// Work buffers of one worker thread, kept between units and calls (no fresh pages per head).
 struct Scratch {
-    row: Vec<f64>,
-    widen: Vec<f32>,
-    chunk: Vec<f32>,
+    d: usize,
+    lines: Vec<Line>,
     c: Vec<f64>,
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
 
 impl Scratch {
     fn new(d: usize) -> Self {
         let s = padded(d);
         Scratch {
-            row: vec![0.0; d],
-            widen: vec![0.0; d],
-            chunk: vec![0.0; CHUNK_ROWS * s],
+            d,
+            lines: vec![Line([0.0; 16]); CHUNK_ROWS * s / 16],
             c: vec![0.0; s * s],
         }
+    }
+
+    /// The packed chunk: `CHUNK_ROWS` rows of stride `padded(d)`, zero past column `d`.
+    fn chunk(&mut self) -> &mut [f32] {
+        let len = self.lines.len() * 16;
+        // SAFETY: `Line` is 16 contiguous f32 (repr(C), no padding: 64 bytes, align 64).
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut f32, len) }
     }
 }
 
@@ -413,61 +425,85 @@ struct HeadScan {
     nan: bool,
 }
 
-/// `Σ v²` in eight independent lanes (vectorisable; the order is fixed).
+/// `Σ (x_j − m_j)²` in eight independent lanes (vectorisable; the order is fixed).
 #[inline(always)]
-fn sum_squares(v: &[f64]) -> f64 {
+fn centred_squares<E: Element>(row: &[E], mean: &[f64]) -> f64 {
     let mut acc = [0f64; 8];
-    let mut chunks = v.chunks_exact(8);
-    for c in &mut chunks {
+    let mut rows = row.chunks_exact(8);
+    let mut means = mean.chunks_exact(8);
+    for (r, m) in (&mut rows).zip(&mut means) {
         for l in 0..8 {
-            acc[l] += c[l] * c[l];
+            let v = r[l].value() - m[l];
+            acc[l] += v * v;
         }
     }
-    let tail: f64 = chunks.remainder().iter().map(|&a| a * a).sum();
+    let tail: f64 = rows
+        .remainder()
+        .iter()
+        .zip(means.remainder())
+        .map(|(&r, &m)| (r.value() - m) * (r.value() - m))
+        .sum();
     acc.iter().sum::<f64>() + tail
 }
 
-/// Norm of a finite row whose squares overflow f64 (only float64 inputs above ~1e154).
-fn scaled_norm(v: &[f64]) -> f64 {
-    let m = v.iter().fold(0f64, |m, &a| m.max(a.abs()));
-    m * v.iter().map(|&a| (a / m) * (a / m)).sum::<f64>().sqrt()
+/// `‖x − m‖` of a finite row whose squares overflow f64 (only float64 inputs above ~1e154).
+fn scaled_norm<E: Element>(row: &[E], mean: &[f64]) -> f64 {
+    let v: Vec<f64> = row.iter().zip(mean).map(|(&r, &m)| r.value() - m).collect();
+    let top = v.iter().fold(0f64, |t, &a| t.max(a.abs()));
+    top * v.iter().map(|&a| (a / top) * (a / top)).sum::<f64>().sqrt()
 }
 
 #[inline(always)]
-unsafe fn scan_head<L: Lanes, E: Element>(
+fn centred_norm<E: Element>(row: &[E], mean: &[f64]) -> f64 {
+    let norm2 = centred_squares(row, mean);
+    if norm2.is_finite() {
+        norm2.sqrt()
+    } else {
+        scaled_norm(row, mean)
+    }
+}
+
+/// Pass 1 over one head's valid rows: their count, mean (zeros without centring), largest raw
+/// row norm, and whether one holds NaN; `±inf` is an error.
+#[inline(always)]
+fn scan_head<E: Element>(
     x: &[E],
     mask: Option<&[u8]>,
     rows: usize,
     d: usize,
-    scratch: &mut Scratch,
+    center: bool,
 ) -> Result<HeadScan> {
+    let zeros = vec![0f64; d];
     let mut sum = vec![0f64; d];
     let (mut valid, mut max_norm, mut nan) = (0usize, 0f64, false);
     for i in (0..rows).filter(|&i| mask.is_none_or(|m| m[i] != 0)) {
-        E::widen_row::<L>(&x[i * d..(i + 1) * d], &mut scratch.row, &mut scratch.widen);
-        let row = &scratch.row;
-        let mut norm2 = sum_squares(row);
+        let row = &x[i * d..(i + 1) * d];
+        let mut norm2 = centred_squares(row, &zeros);
         if !norm2.is_finite() {
-            if row.iter().any(|v| v.is_nan()) {
+            if row.iter().any(|v| v.value().is_nan()) {
                 nan = true;
                 continue;
             }
-            if row.iter().any(|v| v.is_infinite()) {
+            if row.iter().any(|v| v.value().is_infinite()) {
                 return Err(Error::value("x", format!("row {i} holds ±inf")));
             }
-            norm2 = scaled_norm(row).powi(2);
+            norm2 = scaled_norm(row, &zeros).powi(2);
         }
         valid += 1;
         max_norm = max_norm.max(norm2.sqrt());
         for (s, &v) in sum.iter_mut().zip(row) {
-            *s += v;
+            *s += v.value();
         }
     }
     if valid == 0 && !nan {
         return Err(Error::value("mask", "a token set has no valid row (n = 0)"));
     }
     let inv = 1.0 / valid.max(1) as f64;
-    let mean = sum.iter().map(|&s| s * inv).collect();
+    let mean = if center {
+        sum.iter().map(|&s| s * inv).collect()
+    } else {
+        zeros
+    };
     Ok(HeadScan {
         valid,
         mean,
@@ -476,35 +512,25 @@ unsafe fn scan_head<L: Lanes, E: Element>(
     })
 }
 
-/// Pass 2: `emit(z)` for each kept row (`z` f32, zero past `d`, length `padded(d)`): centred,
-/// then divided by its norm (row normalisation) or by the largest raw row norm (a common factor
-/// that cancels in `Â` and keeps f32 products in range). Returns the number of kept rows.
+/// Pass 2: `emit(dst, row, factor)` for each kept row: the caller writes
+/// `z_j = (x_j − μ_j) · factor` as f32, `factor` being `1/‖x − μ‖` (row normalisation) or
+/// `1/max_j ‖x_j‖` (a common factor that cancels in `Â` and keeps f32 products in range).
+/// Returns the number of kept rows.
 #[inline(always)]
-unsafe fn emit_rows<L: Lanes, E: Element>(
+fn emit_rows<E: Element>(
     x: &[E],
     mask: Option<&[u8]>,
     rows: usize,
     d: usize,
     scan: &HeadScan,
     prep: &Prep,
-    scratch: &mut Scratch,
-    mut emit: impl FnMut(&[f64], f64, &mut Scratch),
+    mut emit: impl FnMut(&[E], f64),
 ) -> usize {
     let tol = prep.zero_tol * scan.max_norm;
     let mut kept = 0;
-    let mut row = std::mem::take(&mut scratch.row);
     for i in (0..rows).filter(|&i| mask.is_none_or(|m| m[i] != 0)) {
-        E::widen_row::<L>(&x[i * d..(i + 1) * d], &mut row, &mut scratch.widen);
-        if prep.center {
-            for (v, &m) in row.iter_mut().zip(&scan.mean) {
-                *v -= m;
-            }
-        }
-        let mut norm2 = sum_squares(&row);
-        if !norm2.is_finite() {
-            norm2 = scaled_norm(&row).powi(2);
-        }
-        let norm = norm2.sqrt();
+        let row = &x[i * d..(i + 1) * d];
+        let norm = centred_norm(row, &scan.mean);
         if norm > tol && norm > 0.0 {
             kept += 1;
             let factor = if prep.row_normalize {
@@ -512,11 +538,18 @@ unsafe fn emit_rows<L: Lanes, E: Element>(
             } else {
                 1.0 / scan.max_norm
             };
-            emit(&row, factor, scratch);
+            emit(row, factor);
         }
     }
-    scratch.row = row;
     kept
+}
+
+/// `dst_j = ((x_j − μ_j) · factor)` as f32.
+#[inline(always)]
+fn write_row<E: Element>(dst: &mut [f32], row: &[E], mean: &[f64], factor: f64) {
+    for ((o, &r), &m) in dst.iter_mut().zip(row).zip(mean) {
+        *o = ((r.value() - m) * factor) as f32;
+    }
 }
 
 #[inline(always)]
@@ -539,7 +572,7 @@ unsafe fn unit<L: Lanes, E: Element>(
     let mut scans = Vec::with_capacity(group);
     for h in 0..group {
         let (xh, mh) = head(h);
-        scans.push(scan_head::<L, E>(xh, mh, rows, d, scratch)?);
+        scans.push(scan_head(xh, mh, rows, d, prep.center)?);
     }
     if scans.iter().any(|s| s.nan) {
         if !propagate {
@@ -574,12 +607,10 @@ unsafe fn unit<L: Lanes, E: Element>(
             let (xh, mh) = head(h);
             let start = scale.len();
             let mut frob2 = 0f64;
-            let n = emit_rows::<L, E>(xh, mh, rows, d, scan, prep, scratch, |row, f, _| {
+            let n = emit_rows(xh, mh, rows, d, scan, prep, |row, f| {
                 let base = z.len();
                 z.resize(base + s, 0.0);
-                for (o, &v) in z[base..base + d].iter_mut().zip(row) {
-                    *o = (v * f) as f32;
-                }
+                write_row(&mut z[base..base + d], row, &scan.mean, f);
                 frob2 += z[base..base + d]
                     .iter()
                     .map(|&v| v as f64 * v as f64)
@@ -600,19 +631,21 @@ unsafe fn unit<L: Lanes, E: Element>(
             let (xh, mh) = head(h);
             scratch.c.fill(0.0);
             let mut fill = 0usize;
-            let n = emit_rows::<L, E>(xh, mh, rows, d, scan, prep, scratch, |row, f, sc| {
-                let dst = &mut sc.chunk[fill * s..fill * s + d];
-                for (o, &v) in dst.iter_mut().zip(row) {
-                    *o = (v * f) as f32;
-                }
+            let n = emit_rows(xh, mh, rows, d, scan, prep, |row, f| {
+                write_row(
+                    &mut scratch.chunk()[fill * s..fill * s + d],
+                    row,
+                    &scan.mean,
+                    f,
+                );
                 fill += 1;
                 if fill == CHUNK_ROWS {
-                    accumulate_lower::<L>(&sc.chunk, fill, d, &mut sc.c);
+                    flush::<L>(scratch, fill, d);
                     fill = 0;
                 }
             });
             if fill > 0 {
-                accumulate_lower::<L>(&scratch.chunk, fill, d, &mut scratch.c);
+                flush::<L>(scratch, fill, d);
             }
             rank += rank_of(n);
             if n == 0 {
@@ -643,6 +676,15 @@ unsafe fn unit<L: Lanes, E: Element>(
         matrix,
         rank: rank.min(d),
     })
+}
+
+/// Add the second moments of the `rows` packed rows of the chunk to `scratch.c`.
+#[inline(always)]
+unsafe fn flush<L: Lanes>(scratch: &mut Scratch, rows: usize, d: usize) {
+    let len = scratch.lines.len() * 16;
+    // SAFETY: as in `Scratch::chunk`; `c` is a different buffer.
+    let chunk = std::slice::from_raw_parts(scratch.lines.as_ptr() as *const f32, len);
+    accumulate_lower::<L>(chunk, rows, d, &mut scratch.c);
 }
 
 /// `‖Â‖_F²` from the lower triangle.

@@ -1,7 +1,8 @@
 //! Eigenvalues of a real symmetric matrix in f64 (`matrix.md` §0: a symmetric eigensolver, never
 //! an SVD): faer's Householder tridiagonalisation, then the implicit QL iteration with Wilkinson
-//! shifts on the tridiagonal matrix, eigenvalues only (Bowdler, Martin, Reinsch & Wilkinson,
-//! "The QR and QL algorithms for symmetric matrices", Numer. Math. 11, 1968; EISPACK `tql1`).
+//! shifts on the tridiagonal matrix, eigenvalues only, in its root-free form (Bowdler, Martin,
+//! Reinsch & Wilkinson, "The QR and QL algorithms for symmetric matrices", Numer. Math. 11, 1968;
+//! Pal, Walker & Kahan's variant as in LAPACK `dsterf`).
 
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
@@ -42,79 +43,101 @@ pub fn eigenvalues_desc(a: &[f64], dim: usize, d: usize) -> Result<Vec<f64>> {
 }
 
 /// Eigenvalues (unsorted, in `diag`) of the symmetric tridiagonal matrix with diagonal `diag`
-/// and off-diagonal `off` (`off[i]` couples `i` and `i + 1`; `off[n − 1]` is ignored).
+/// and off-diagonal `off` (`off[i]` couples `i` and `i + 1`; `off[n − 1]` is ignored; `off` is
+/// overwritten).
 ///
-/// Meant for matrices of moderate norm (`Â` has trace 1): rotations use `√(f² + g²)`.
-/// An off-diagonal entry is negligible when `|e_m| ≤ ε (|d_m| + |d_{m+1}|)` or
-/// `|e_m| ≤ ε ‖T‖`: zeroing it moves the eigenvalues by at most `|e_m|`, the size of the
-/// rounding already made by the tridiagonalisation (a purely relative test stalls on clusters of
-/// eigenvalues at 0, as in a Gram matrix of rank below its size).
+/// The root-free QL iteration of Pal, Walker and Kahan (as in LAPACK `dsterf`): it works on the
+/// squared off-diagonal, so a sweep step has no square root, and its dependency chain is about
+/// half that of the classic implicit QL. An off-diagonal entry is negligible when
+/// `e_m² ≤ ε² |d_m d_{m+1}|` or `|e_m| ≤ ε ‖T‖`: zeroing it moves the eigenvalues by at most
+/// `|e_m|`, the size of the rounding already made by the tridiagonalisation (the relative test
+/// alone stalls on clusters of eigenvalues at 0, as in a Gram matrix of rank below its size).
 pub fn tridiagonal_eigenvalues(diag: &mut [f64], off: &mut [f64]) -> Result<()> {
     let n = diag.len();
     if n <= 1 {
         return Ok(());
     }
-    let e = off;
-    e[n - 1] = 0.0;
     let norm = diag
         .iter()
-        .chain(e.iter())
+        .chain(&off[..n - 1])
         .fold(0f64, |m, &v| m.max(v.abs()));
-    let floor = f64::EPSILON * norm;
-    for l in 0..n {
-        let mut sweeps = 0;
-        loop {
-            let mut m = l;
-            while m + 1 < n {
-                let dd = diag[m].abs() + diag[m + 1].abs();
-                if e[m].abs() <= f64::EPSILON * dd || e[m].abs() <= floor {
-                    break;
-                }
-                m += 1;
-            }
-            if m == l {
+    let floor2 = (f64::EPSILON * norm).powi(2);
+    let eps2 = f64::EPSILON * f64::EPSILON;
+    let e = off;
+    for v in e[..n - 1].iter_mut() {
+        *v *= *v;
+    }
+    e[n - 1] = 0.0;
+    let mut l = 0;
+    let mut sweeps = 0;
+    while l < n {
+        let mut m = l;
+        while m + 1 < n {
+            if e[m] <= eps2 * (diag[m] * diag[m + 1]).abs() || e[m] <= floor2 {
                 break;
             }
-            sweeps += 1;
-            if sweeps > MAX_SWEEPS {
-                return Err(Error::value(
-                    "x",
-                    "the symmetric eigensolver did not converge",
-                ));
-            }
-            // Wilkinson shift from the leading 2 × 2 block.
-            let mut g = (diag[l + 1] - diag[l]) / (2.0 * e[l]);
-            let mut r = g.hypot(1.0);
-            g = diag[m] - diag[l] + e[l] / (g + r.copysign(g));
-            let (mut s, mut c, mut p) = (1.0f64, 1.0f64, 0.0f64);
-            let mut underflow = false;
-            for i in (l..m).rev() {
-                let f = s * e[i];
-                let b = c * e[i];
-                // No overflow: the entries here are bounded by ‖T‖ (≤ 1 for a trace-1 `Â`).
-                r = (f * f + g * g).sqrt();
-                e[i + 1] = r;
-                if r == 0.0 {
-                    diag[i + 1] -= p;
-                    e[m] = 0.0;
-                    underflow = true;
-                    break;
-                }
-                s = f / r;
-                c = g / r;
-                g = diag[i + 1] - p;
-                r = (diag[i] - g) * s + 2.0 * c * b;
-                p = s * r;
-                diag[i + 1] = g + p;
-                g = c * r - b;
-            }
-            if underflow {
-                continue;
-            }
-            diag[l] -= p;
-            e[l] = g;
+            m += 1;
+        }
+        if m < n - 1 {
             e[m] = 0.0;
         }
+        if m == l {
+            // d_l is an eigenvalue.
+            l += 1;
+            sweeps = 0;
+            continue;
+        }
+        if m == l + 1 {
+            // A 2 × 2 block: its eigenvalues directly.
+            let (a, c) = (diag[l], diag[l + 1]);
+            let half = 0.5 * (a - c);
+            let root = half.hypot(e[l].sqrt());
+            let mid = 0.5 * (a + c);
+            diag[l] = mid + root;
+            diag[l + 1] = mid - root;
+            e[l] = 0.0;
+            l += 2;
+            sweeps = 0;
+            continue;
+        }
+        sweeps += 1;
+        if sweeps > MAX_SWEEPS {
+            return Err(Error::value(
+                "x",
+                "the symmetric eigensolver did not converge",
+            ));
+        }
+        // Wilkinson-type shift from the leading 2 × 2 block.
+        let p0 = diag[l];
+        let rte = e[l].sqrt();
+        let mut sigma = (diag[l + 1] - p0) / (2.0 * rte);
+        let r = sigma.hypot(1.0);
+        sigma = p0 - rte / (sigma + r.copysign(sigma));
+        let (mut c, mut s) = (1.0f64, 0.0f64);
+        let mut gamma = diag[m] - sigma;
+        let mut p = gamma * gamma;
+        for i in (l..m).rev() {
+            let bb = e[i];
+            let r = p + bb;
+            if i + 1 != m {
+                e[i + 1] = s * r;
+            }
+            let old_c = c;
+            let inv = 1.0 / r;
+            c = p * inv;
+            s = bb * inv;
+            let old_gamma = gamma;
+            let alpha = diag[i];
+            gamma = c * (alpha - sigma) - s * old_gamma;
+            diag[i + 1] = old_gamma + (alpha - gamma);
+            p = if c != 0.0 {
+                gamma * gamma / c
+            } else {
+                old_c * bb
+            };
+        }
+        e[l] = s * p;
+        diag[l] = sigma + gamma;
     }
     Ok(())
 }

@@ -44,4 +44,5 @@ test-python: build
 bench: build
 	$(PY) benchmarks/cpu_token.py
 	$(PY) benchmarks/cpu_select.py
+	$(PY) benchmarks/cpu_matrix.py
 	$(PY) benchmarks/cpu_kv.py

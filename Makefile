@@ -48,3 +48,5 @@ bench: build
 	$(PY) benchmarks/cpu_token.py
 	$(PY) benchmarks/cpu_select.py
 	$(PY) benchmarks/cpu_attention.py
+	$(PY) benchmarks/cpu_matrix.py
+	$(PY) benchmarks/cpu_kv.py

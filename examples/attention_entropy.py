@@ -30,10 +30,10 @@ from pathlib import Path
 
 import numpy as np
 from real_text import read_text, token_windows
-from smollm2 import MODEL_NAME, load_model
 
 import entcore
 from entcore.reference import measures as reference
+from entcore.smollm2 import MODEL_NAME, load_smollm2
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     entcore.set_num_threads(args.threads)
     start = time.perf_counter()
-    tokenizer, model = load_model(attn_implementation="eager")
+    tokenizer, model = load_smollm2(attn_implementation="eager")
     print(f"loaded {MODEL_NAME} in {time.perf_counter() - start:.1f} s")
 
     text, source = read_text(args.text_file)

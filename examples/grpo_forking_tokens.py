@@ -36,9 +36,10 @@ import json
 import time
 from typing import Any
 
-from make_rollouts import extract_answer, load_model, make_problems, prompt_ids, sample_batch
+from make_rollouts import extract_answer, make_problems, prompt_ids, sample_batch
 
 import entcore
+from entcore.smollm2 import load_smollm2
 
 DEFAULT_CONFIG = '{"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}'
 
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     entcore.set_num_threads(args.threads)
     start = time.perf_counter()
-    tokenizer, model = load_model()
+    tokenizer, model = load_smollm2()
     eos_id = int(tokenizer.eos_token_id)
     print(f"loaded SmolLM2-135M-Instruct in {time.perf_counter() - start:.1f} s", flush=True)
     dataset, entries = make_problems(args.dataset, args.steps * args.prompts, args.seed, config)

@@ -61,6 +61,7 @@ import numpy as np  # noqa: E402
 
 import entcore  # noqa: E402
 from entcore.io import RolloutBuffer, save_rollouts  # noqa: E402
+from entcore.smollm2 import MODEL_FILE, MODEL_NAME, load_smollm2  # noqa: E402
 
 TOPK = 20
 ROOT = Path(__file__).resolve().parents[1]
@@ -249,9 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer_out = args.tokenizer_out or args.out.parent / "smollm2_tokenizer.json"
 
     start = time.perf_counter()
-    from smollm2 import MODEL_FILE, MODEL_NAME, load_model  # examples/smollm2.py
-
-    tokenizer, model = load_model()
+    tokenizer, model = load_smollm2()
     eos_id = int(tokenizer.eos_token_id)
     vocab_size = int(model.config.vocab_size)
     print(f"loaded {MODEL_NAME} in {time.perf_counter() - start:.1f} s", flush=True)

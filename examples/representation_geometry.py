@@ -31,9 +31,9 @@ from typing import Any
 
 import numpy as np
 from real_text import read_text, token_windows
-from smollm2 import MODEL_NAME, load_model
 
 import entcore
+from entcore.smollm2 import MODEL_NAME, load_smollm2
 
 COLUMNS = ("rankme_sv", "rankme_cov", "alpha", "vne", "dse_bits", "twonn", "mle")
 
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[str, list[dict[str, float]]] = {}
     if "smollm2" in models:
         start = time.perf_counter()
-        tokenizer, model = load_model()
+        tokenizer, model = load_smollm2()
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         batch = torch.tensor(token_windows(ids, args.tokens, args.windows))
         states = hidden_states(model, batch)

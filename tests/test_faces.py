@@ -11,7 +11,7 @@ from helpers import require_torch
 torch_face = require_torch() and __import__("entcore.torch", fromlist=["entcore"])
 
 RUNTIME = {"__version__", "get_num_threads", "set_num_threads"}
-MODULES = {"geometry", "measures", "rollout", "token"}
+MODULES = {"geometry", "kv", "matrix", "measures", "rollout", "token"}
 
 
 def test_every_face_exports_the_same_names():

@@ -110,6 +110,58 @@ def top_k(
 ) -> NDArray[np.int64]:
     """Indices (ascending) of the ``k`` largest valid values, ties by lower index."""
 
+def matrix_spectrum(
+    x: NDArray[np.float32] | NDArray[np.float64] | NDArray[np.uint16],
+    kind: FloatKind,
+    mask: NDArray[np.bool_] | None,
+    problems: int,
+    rows: int,
+    d: int,
+    center: bool,
+    row_normalize: bool,
+    zero_tol: float,
+    method_name: Literal["auto", "covariance", "gram"],
+) -> NDArray[np.float64]:
+    """Spectra ``(problems · d,)`` of ``Â`` for ``x`` flattened from ``(problems, rows, d)``,
+    ``mask`` flattened from ``(problems, rows)`` (``matrix.md`` §1.1)."""
+
+def matrix_entropy(
+    x: NDArray[np.float32] | NDArray[np.float64] | NDArray[np.uint16],
+    kind: FloatKind,
+    mask: NDArray[np.bool_] | None,
+    problems: int,
+    rows: int,
+    d: int,
+    pool: int,
+    center: bool,
+    row_normalize: bool,
+    zero_tol: float,
+    method_name: Literal["auto", "covariance", "gram"],
+    k: int | None,
+    renormalized: bool,
+    normalize_name: Literal["log_d", "log_k", "log_rank"] | None,
+    base: float,
+    eps: float,
+    propagate_nan: bool,
+) -> NDArray[np.float64]:
+    """Matrix entropies ``(problems / pool,)`` (``matrix.md`` §1.2); ``pool`` consecutive
+    problems average their ``Â`` (``group_reduce="pooled"``)."""
+
+def matrix_renyi2(
+    x: NDArray[np.float32] | NDArray[np.float64] | NDArray[np.uint16],
+    kind: FloatKind,
+    mask: NDArray[np.bool_] | None,
+    problems: int,
+    rows: int,
+    d: int,
+    pool: int,
+    center: bool,
+    row_normalize: bool,
+    zero_tol: float,
+    normalize_name: Literal["log_d", "log_rank"] | None,
+) -> NDArray[np.float64]:
+    """Rényi-2 entropies ``−ln ‖Â‖_F²`` over the divisor ``(problems / pool,)`` (§1.3)."""
+
 def set_num_threads(n: int) -> None:
     """Size of entcore's own thread pool (``n >= 1``)."""
 

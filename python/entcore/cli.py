@@ -2,7 +2,8 @@
 
 ``entcore demo`` runs the main job: the rollout report on the real rollouts shipped in the
 package. ``entcore rollout-report PATH`` does the same for any buffer in entcore's format,
-``entcore token-demo`` holds the token kernels against NumPy and torch, ``entcore info`` prints
+``entcore token-demo`` holds the token kernels against NumPy and torch, ``entcore kv-profile``
+profiles attention heads by matrix entropy (SmolLM2 or a KV dump), ``entcore info`` prints
 the build, the CPU kernel family and the thread count.
 """
 
@@ -45,6 +46,20 @@ def _rollout_report(args: argparse.Namespace) -> int:
     return run_report(Path(args.path), Path(args.out), tokenizer)
 
 
+def _kv_profile(args: argparse.Namespace) -> int:
+    from entcore.kv_report import run_kv_profile
+
+    dump = Path(args.dump) if args.dump else None
+    return run_kv_profile(
+        dump,
+        Path(args.out),
+        samples=args.samples,
+        tokens=args.tokens,
+        k=args.k,
+        n_groups=args.groups,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="entcore", description="Exact, fast entropy statistics for RL on LLMs."
@@ -70,6 +85,19 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--vocab", type=int, default=49152, help="vocabulary size (default 49152)")
     token.add_argument("--seed", type=int, default=0)
     token.set_defaults(run=_token_demo)
+    kv = commands.add_parser(
+        "kv-profile",
+        help="per-layer/per-head matrix entropy of attention states (SmolLM2, or a KV dump)",
+    )
+    kv.add_argument(
+        "dump", nargs="?", default=None, help="KV dump (safetensors: queries and/or keys)"
+    )
+    kv.add_argument("--out", default="entcore-kv-profile", help="output folder")
+    kv.add_argument("--samples", type=int, default=4, help="model: text windows (default 4)")
+    kv.add_argument("--tokens", type=int, default=256, help="model: tokens per window")
+    kv.add_argument("--k", type=int, default=32, help="top-k eigenvalues (UNComp: 32)")
+    kv.add_argument("--groups", type=int, default=2, help="head groups of the consensus")
+    kv.set_defaults(run=_kv_profile)
     info = commands.add_parser("info", help="version, CPU kernels and threads")
     info.set_defaults(run=_info)
     return parser
@@ -81,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         entcore.set_num_threads(args.threads)
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError) as err:
+    except (ValueError, TypeError, OSError, ImportError) as err:
         print(f"entcore: error: {err}", file=sys.stderr)
         return 2
 

@@ -2,8 +2,11 @@
 
 pub mod cov;
 pub mod dtype;
+pub mod eigen;
 pub mod error;
+pub mod gram;
 pub mod linear;
+pub mod matrix;
 pub mod partition;
 pub mod plogp;
 pub mod pool;

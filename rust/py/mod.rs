@@ -4,6 +4,7 @@
 mod arrays;
 mod cov;
 mod errors;
+mod matrix;
 mod segment;
 mod select;
 mod system;
@@ -18,6 +19,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     select::register(m)?;
     segment::register(m)?;
     cov::register(m)?;
+    matrix::register(m)?;
     system::register(m)?;
     Ok(())
 }

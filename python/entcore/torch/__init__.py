@@ -28,8 +28,10 @@ except ImportError as err:  # pragma: no cover - exercised only without torch
         "entcore.torch needs PyTorch, which is not installed: pip install entcore[torch]"
     ) from err
 
-from entcore.torch import geometry, measures, nucleus, policy_loss, rollout, token
+from entcore.torch import geometry, kv, matrix, measures, nucleus, policy_loss, rollout, token
 from entcore.torch.geometry import *  # noqa: F403
+from entcore.torch.kv import *  # noqa: F403
+from entcore.torch.matrix import *  # noqa: F403
 from entcore.torch.measures import *  # noqa: F403
 from entcore.torch.nucleus import *  # noqa: F403
 from entcore.torch.policy_loss import *  # noqa: F403
@@ -44,5 +46,7 @@ __all__ = [
     *nucleus.__all__,
     *measures.__all__,
     *geometry.__all__,
+    *kv.__all__,
+    *matrix.__all__,
     *policy_loss.__all__,
 ]

@@ -47,6 +47,7 @@ macro_rules! for_each_simd_kind {
 
 mod cov;
 mod linear;
+mod matrix;
 mod plogp;
 mod pool;
 mod renyi;

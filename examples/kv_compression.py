@@ -49,6 +49,7 @@ import numpy as np
 
 import entcore
 from entcore import kv_model
+from entcore.smollm2 import MODEL_NAME
 
 METHODS = ("snapkv", "uncomp", "uncomp-global")
 
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer, model = kv_model.load_smollm2_for_kv()
     config = model.config
     group = config.num_attention_heads // config.num_key_value_heads
-    print(f"loaded {kv_model.MODEL_NAME} in {time.perf_counter() - start:.0f} s", flush=True)
+    print(f"loaded {MODEL_NAME} in {time.perf_counter() - start:.0f} s", flush=True)
     documents = kv_model.shipped_documents()
     calib = kv_model.token_windows(tokenizer, documents, args.calib_tokens)
     span = args.context + args.continuation
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json_out:
         report = {
-            "model": kv_model.MODEL_NAME,
+            "model": MODEL_NAME,
             "text": kv_model.TEXT_NAME,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
             "post_rope_check": rope,

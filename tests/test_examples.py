@@ -93,3 +93,19 @@ def test_representation_geometry_example_on_minilm():
     assert "all-MiniLM-L6-v2: 6 layers, 80 tokens x d = 384" in out.stdout
     last = out.stdout.strip().splitlines()[-1].split()
     assert last[0] == "6" and all(np.isfinite(float(v)) for v in last[1:])
+
+
+def test_kv_compression_example_on_smollm2():
+    require_modules(*SMOLLM2, install=SMOLLM2_INSTALL)
+    require_modules("gensim", install="pip install --no-deps gensim (its wheel ships the text)")
+    out = run(
+        "examples/kv_compression.py",
+        *("--calib-samples", "2", "--calib-tokens", "64", "--prompts", "1", "--context", "64"),
+        *("--continuation", "8", "--generate", "2", "--ratios", "0.5", "--threads", "1"),
+    )
+    assert out.returncode == 0, out.stderr
+    # The captured states are post-RoPE and the grouped cache reproduces transformers exactly.
+    assert "captured vs rotated projections q 0.0e+00, k 0.0e+00" in out.stdout
+    assert "max |dlogit| 0.0e+00" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| 0.50 |")]
+    assert len(rows) == 3 and all(row.endswith("| 50.0% |") for row in rows)

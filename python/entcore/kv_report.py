@@ -34,6 +34,7 @@ import numpy as np
 
 import entcore
 from entcore.matrix import matrix_entropy
+from entcore.smollm2 import MODEL_NAME
 
 DUMP_TENSORS = ("queries", "keys", "mask")
 _FLOAT_CODES = ("F16", "BF16", "F32", "F64")
@@ -163,7 +164,7 @@ def model_entropies(samples: int, tokens: int, k: int) -> tuple[np.ndarray, str]
     with progress("matrix entropy of queries", samples, True) as advance:
         e = kv_model.query_entropies(model, windows[:samples], k=k, group_size=group, step=advance)
     source = (
-        f"{kv_model.MODEL_NAME} post-RoPE queries, KV heads (mean over {group} query heads); "
+        f"{MODEL_NAME} post-RoPE queries, KV heads (mean over {group} query heads); "
         f"{samples} x {tokens} tokens of {kv_model.TEXT_NAME}"
     )
     return e, source

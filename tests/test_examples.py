@@ -109,3 +109,18 @@ def test_kv_compression_example_on_smollm2():
     assert "max |dlogit| 0.0e+00" in out.stdout
     rows = [line for line in out.stdout.splitlines() if line.startswith("| 0.50 |")]
     assert len(rows) == 3 and all(row.endswith("| 50.0% |") for row in rows)
+
+
+def test_grpo_forking_tokens_example_takes_a_step_on_smollm2():
+    require_modules(*SMOLLM2, "reasoning_gym", install=SMOLLM2_INSTALL)
+    out = run(
+        "examples/grpo_forking_tokens.py",
+        *("--steps", "1", "--prompts", "1", "--samples", "2", "--max-new-tokens", "8"),
+        *("--threads", "1"),
+    )
+    assert out.returncode == 0, out.stderr
+    step = next(line for line in out.stdout.splitlines() if line.startswith("step 1/1"))
+    kept, total = step.split("kept ")[1].split("(")[1].split(" tokens")[0].split("/")
+    # ρ = 0.2 keeps ⌈0.2 N⌉ or a few more at ties, never none.
+    assert 0 < int(kept) <= int(total)
+    assert "nan" not in step

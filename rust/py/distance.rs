@@ -1,0 +1,29 @@
+//! Binding of the nearest-neighbour distance kernel (`matrix.md` §3.8). The Python layer
+//! (`entcore.geometry`) has already removed duplicate rows and passes `x` as float64, flattened.
+
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+
+use super::arrays::slice;
+use super::errors::to_py;
+use crate::core::distance::knn_distances as knn_kernel;
+
+/// Distances `(n · k,)` float64 to the `k` nearest other rows of `x (n × dim)`, ascending.
+#[pyfunction]
+#[pyo3(signature = (x, n, dim, k))]
+fn knn_distances<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f64>,
+    n: usize,
+    dim: usize,
+    k: usize,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let xs = slice("x", &x)?;
+    let out = py.detach(|| knn_kernel(xs, n, dim, k)).map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, out))
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(knn_distances, m)?)?;
+    Ok(())
+}

@@ -1,35 +1,58 @@
-"""Representation geometry (``matrix.md`` §3) on NumPy arrays: float64 results.
+"""Representation geometry (``matrix.md`` §3) on NumPy arrays: float64 results, Rust where the
+work is heavy.
 
-Names, arguments and defaults match ``entcore.reference.geometry`` and ``entcore.torch``. For now
-every function is the float64 reference itself (NumPy ``eigvalsh`` on float64 second-moment and
-Gram matrices, exact pairwise differences), re-exported so that ``entcore.<name>`` exists for
-every name of the spec. The heavy steps are the ones the Rust matrix core of ``entcore.matrix``
-(``matrix.md`` §1: float64 second moments from float32 tiles, a faer symmetric eigensolver,
-parallel over problems) is built for: the covariance/Gram spectra of ``von_neumann_entropy``,
-``rankme``, ``alpha_req`` and ``effective_rank``, the kernel matrices and eigenvalues of
-``matrix_renyi_entropy`` and DSE/DSMI, and the pairwise distances of the intrinsic-dimension
-estimators; they move there as those kernels become available.
+- **Spectra** (``von_neumann_entropy``, ``rankme``, ``alpha_req``, ``effective_rank``): the
+  second-moment matrix ``X̃ᵀX̃`` (or the ``n × n`` Gram matrix ``X̃X̃ᵀ`` when ``n < d``, as the
+  reference chooses) is formed in float64 by NumPy's BLAS, and its eigenvalues come from the Rust
+  symmetric eigensolver of ``entcore.matrix`` (faer tridiagonalisation + root-free QL, float64,
+  never an SVD; ``matrix.md`` §0), all problems of a call in one batch on entcore's pool with the
+  GIL released. Eigenvalues at or below ``n·ε·λ_max`` are round-off and set to 0, as in the
+  reference, so a rank-``k`` matrix has exactly ``k`` positive eigenvalues. (The f32-tile second
+  moments of ``entcore.matrix_spectrum`` are not used here: their ~1e-7 relative round-off would
+  show as spurious singular values ``√(1e-7 λ_max)`` in ``rankme`` and in the tail fitted by
+  ``alpha_req``.)
+- **Nearest neighbours** (``twonn_dimension``, ``mle_dimension``): brute-force float64 distances
+  from exact row differences in Rust (``entcore._core.knn_distances``), by blocks of query rows
+  on entcore's pool, never the ``N × N`` matrix.
+
+The other functions (``spectrum_entropy``, ``powerlaw_alpha``, the kernel entropies of §3.3,
+DSE/DSMI and ``phd_dimension``) are the float64 reference itself. Names, arguments, defaults,
+checks and results match ``entcore.reference.geometry`` (to round-off) and ``entcore.torch``.
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
+import numpy as np
+
+from entcore import _core
+from entcore.reference._layout import choice, integer, real
 from entcore.reference.geometry import (
+    ERANK_KINDS,
+    ERANK_SPECTRA,
+    METHODS,
+    MLE_AGGREGATES,
+    RANKME_SPECTRA,
+    TWONN_METHODS,
+    VN_NORMALIZE,
     PowerLawFit,
-    alpha_req,
+    _distinct_rows,
+    _finish,
+    _h1,
+    _log_base,
+    _token_sets,
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
-    effective_rank,
     matrix_joint_entropy,
     matrix_mutual_information,
     matrix_renyi_entropy,
-    mle_dimension,
     phd_dimension,
     powerlaw_alpha,
-    rankme,
     spectrum_entropy,
-    twonn_dimension,
-    von_neumann_entropy,
 )
+from entcore.reference.geometry import effective_rank as _rank_of_spectra
 
 __all__ = [
     "PowerLawFit",
@@ -48,3 +71,226 @@ __all__ = [
     "twonn_dimension",
     "von_neumann_entropy",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectra through the Rust eigensolver
+# ---------------------------------------------------------------------------------------------
+
+
+def _spectra(sets: list[np.ndarray], method: str) -> list[np.ndarray]:
+    """Eigenvalues of ``XᵀX`` (length ``d``, descending, round-off set to 0) of every set, through
+    the ``n × n`` Gram matrix when ``n < d`` (``"auto"``) or when asked (zero-padded to ``d``);
+    one Rust call per matrix size. A set with no row gives zeros."""
+    mats: list[np.ndarray | None] = []
+    for x in sets:
+        n, d = x.shape
+        if n == 0:
+            mats.append(None)
+        elif method == "gram" or (method == "auto" and n < d):
+            mats.append(x @ x.T)
+        else:
+            mats.append(x.T @ x)
+    sizes = {m.shape[0] for m in mats if m is not None}
+    eig: dict[int, np.ndarray] = {}
+    for size in sizes:
+        batch = np.stack([m for m in mats if m is not None and m.shape[0] == size])
+        lam = _core.symmetric_eigenvalues(batch.reshape(-1), batch.shape[0], size)
+        lam = lam.reshape(batch.shape[0], size)
+        floor = size * np.finfo(np.float64).eps * lam[:, :1]
+        eig[size] = np.where(lam > floor, lam, 0.0)
+    taken = dict.fromkeys(sizes, 0)
+    out = []
+    for x, m in zip(sets, mats, strict=True):
+        full = np.zeros(x.shape[1])
+        if m is not None:
+            size = m.shape[0]
+            lam = eig[size][taken[size]]
+            taken[size] += 1
+            keep = min(size, full.shape[0])
+            full[:keep] = lam[:keep]
+        out.append(full)
+    return out
+
+
+def _centred(sets: list[np.ndarray], center: bool) -> list[np.ndarray]:
+    return [rows - rows.mean(axis=0) if center else rows for rows in sets]
+
+
+def von_neumann_entropy(
+    x: Any,
+    *,
+    center: bool = True,
+    eps: float = 0.0,
+    base: float = math.e,
+    normalize: str | None = None,
+    mask: Any = None,
+    method: str = "auto",
+) -> Any:
+    """Von Neumann entropy ``S = −Σ λ ln λ`` of ``ρ = Σ / tr Σ + eps·I``, ``Σ = X̃ᵀX̃``
+    (``matrix.md`` §3.2); eigenvalues in Rust. See
+    :func:`entcore.reference.geometry.von_neumann_entropy`.
+
+    Ref: "Information Shapes Koopman Representation", arXiv 2510.13025.
+    """
+    sets, lead = _token_sets("x", x, mask)
+    eps = real("eps", eps, low=0.0)
+    ln_base = _log_base(base)
+    normalize = None if normalize is None else choice("normalize", normalize, VN_NORMALIZE[1:])
+    method = choice("method", method, METHODS)
+    values = []
+    for rows, lam in zip(sets, _spectra(_centred(sets, center), method), strict=True):
+        n, d = rows.shape
+        total = float(lam.sum())
+        if total == 0:
+            values.append(0.0)
+            continue
+        h = _h1(lam / total + eps)
+        if normalize is None:
+            divisor = ln_base
+        elif normalize == "log_d":
+            divisor = math.log(d)
+        else:
+            divisor = math.log(max(1, min(n - 1 if center else n, d)))
+        values.append(h / divisor if divisor > 0 else 0.0)
+    return _finish(values, lead)
+
+
+def rankme(
+    z: Any,
+    *,
+    spectrum: str = "singular",
+    center: bool | None = None,
+    eps: float = 1e-7,
+    max_components: int | None = None,
+) -> Any:
+    """RankMe ``exp(−Σ p ln p)`` of the singular values or covariance eigenvalues of ``z``
+    (``matrix.md`` §3.4); eigenvalues in Rust. See :func:`entcore.reference.geometry.rankme`.
+
+    Ref: "RankMe", arXiv 2210.02885; "Tracing the Representation Geometry of Language Models",
+    arXiv 2509.23024.
+    """
+    spectrum = choice("spectrum", spectrum, RANKME_SPECTRA)
+    centred = (spectrum == "covariance") if center is None else bool(center)
+    eps = real("eps", eps, low=0.0)
+    top = None if max_components is None else integer("max_components", max_components, low=1)
+    sets, lead = _token_sets("z", z)
+    values = []
+    for rows, lam in zip(sets, _spectra(_centred(sets, centred), "auto"), strict=True):
+        lam = lam[: min(rows.shape)]
+        s = np.sqrt(lam) if spectrum == "singular" else lam
+        total = float(s.sum())
+        s = s if top is None else s[:top]
+        p = (s / total if total > 0 else np.zeros_like(s)) + eps
+        values.append(math.exp(_h1(p)))
+    return _finish(values, lead)
+
+
+def alpha_req(
+    z: Any,
+    *,
+    fit_range: tuple[int, int] = (11, 100),
+    center: bool = True,
+    max_components: int = 2048,
+) -> PowerLawFit:
+    """α-ReQ: :func:`powerlaw_alpha` of the normalised covariance spectrum of ``z``
+    (``matrix.md`` §3.5); eigenvalues in Rust. See :func:`entcore.reference.geometry.alpha_req`.
+
+    Ref: Agrawal et al., NeurIPS 2022; arXiv 2509.23024.
+    """
+    top = integer("max_components", max_components, low=1)
+    sets, lead = _token_sets("z", z)
+    fits = []
+    for lam in _spectra(_centred(sets, center), "auto"):
+        total = float(lam.sum())
+        if total <= 0:
+            raise ValueError("z: the covariance is 0 (no spectrum to fit)")
+        fits.append(powerlaw_alpha(lam[:top] / total, fit_range=fit_range))
+    return PowerLawFit(*(_finish([f[i] for f in fits], lead) for i in range(3)))
+
+
+def effective_rank(
+    x: Any,
+    *,
+    kind: str = "entropy",
+    spectrum: str = "covariance",
+    center: bool = True,
+    row_normalize: bool = False,
+    threshold: float = 0.99,
+) -> Any:
+    """Effective rank (entropy, participation, stable or threshold) of the covariance or singular
+    spectrum of a token set, or of a given spectrum (``matrix.md`` §3.6); eigenvalues in Rust,
+    then the reference on the spectra. See :func:`entcore.reference.geometry.effective_rank`.
+
+    Ref: Roy & Vetterli, EUSIPCO 2007; Diff-eRank, arXiv 2401.17139.
+    """
+    kind = choice("kind", kind, ERANK_KINDS)
+    spectrum = choice("spectrum", spectrum, ERANK_SPECTRA)
+    if spectrum != "precomputed":
+        sets, lead = _token_sets("x", x)
+        sets = _centred(sets, center)
+        if row_normalize:
+            norms = [np.sqrt((xc * xc).sum(axis=1)) for xc in sets]
+            sets = [xc[nm > 0] / nm[nm > 0, None] for xc, nm in zip(sets, norms, strict=True)]
+        lams = np.array(_spectra(sets, "auto")).reshape(lead + (-1,))
+        x = np.sqrt(lams) if spectrum == "singular" else lams
+    return _rank_of_spectra(x, kind=kind, spectrum="precomputed", threshold=threshold)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intrinsic dimension through the Rust nearest-neighbour kernel
+# ---------------------------------------------------------------------------------------------
+
+
+def _knn_distances(pts: np.ndarray, k: int) -> np.ndarray:
+    """Distances ``(N, k)`` to the ``k`` nearest other points, ascending (Rust, float64)."""
+    n, dim = pts.shape
+    flat = np.ascontiguousarray(pts, dtype=np.float64).reshape(-1)
+    return _core.knn_distances(flat, n, dim, k).reshape(n, k)
+
+
+def twonn_dimension(x: Any, *, discard_fraction: float = 0.1, method: str = "linear") -> float:
+    """TwoNN intrinsic dimension from ``μ_i = r_2(i)/r_1(i)`` (``matrix.md`` §3.8); the two
+    nearest distances in Rust. See :func:`entcore.reference.geometry.twonn_dimension`.
+
+    Ref: Facco et al., arXiv 1803.06992.
+    """
+    pts = _distinct_rows(x)
+    frac = real("discard_fraction", discard_fraction, low=0.0, high=1.0, high_open=True)
+    method = choice("method", method, TWONN_METHODS)
+    n = pts.shape[0]
+    if n < 3:
+        raise ValueError(f"x: TwoNN needs at least 3 distinct points, got {n}")
+    near = _knn_distances(pts, 2)
+    mu = np.sort(near[:, 1] / near[:, 0])
+    k = min(int(math.floor(n * (1.0 - frac))), n - 1)
+    if k < 2:
+        raise ValueError("discard_fraction: fewer than 2 points are left to fit")
+    log_mu = np.log(mu[:k])
+    if method == "linear":
+        y = -np.log(1.0 - np.arange(1, k + 1) / n)
+        return float((log_mu * y).sum() / (log_mu * log_mu).sum())
+    return float((k - 1) / (log_mu.sum() + (n - k) * log_mu[-1]))
+
+
+def mle_dimension(
+    x: Any, *, k: int = 20, unbiased: bool = False, aggregate: str = "harmonic"
+) -> float:
+    """Levina–Bickel MLE intrinsic dimension, MacKay–Ghahramani aggregation (``matrix.md``
+    §3.8); the ``k`` nearest distances in Rust. See
+    :func:`entcore.reference.geometry.mle_dimension`.
+
+    Ref: Levina & Bickel, NIPS 2004.
+    """
+    pts = _distinct_rows(x)
+    k = integer("k", k, low=3 if unbiased else 2)
+    aggregate = choice("aggregate", aggregate, MLE_AGGREGATES)
+    if pts.shape[0] <= k:
+        raise ValueError(f"k: expected fewer than N = {pts.shape[0]} distinct points, got {k}")
+    r = _knn_distances(pts, k)
+    logs = np.log(r[:, -1:] / r[:, :-1]).sum(axis=1)
+    inv_m = logs / (k - 2 if unbiased else k - 1)  # 1 / m(x)
+    if aggregate == "harmonic":
+        return float(1.0 / inv_m.mean())
+    m = 1.0 / inv_m
+    return float(m.mean() if aggregate == "mean" else np.median(m))

@@ -70,6 +70,9 @@ def data():
 RUST_BACKED = {
     "alpha_req",
     "effective_rank",
+    "matrix_joint_entropy",
+    "matrix_mutual_information",
+    "matrix_renyi_entropy",
     "mle_dimension",
     "rankme",
     "twonn_dimension",
@@ -103,19 +106,16 @@ def test_spectral_entropies(data):
         {"sigma": 3.0},
         {"alpha": 1.0, "kernel": "linear", "center": True},
         {"alpha": 0.5, "sigma": 2.0, "normalize": True},
+        {"alpha": 3.0, "kernel": "linear"},
     ):
-        close(et.matrix_renyi_entropy(t(x), **kw), geo.matrix_renyi_entropy(x, **kw))
+        faces("matrix_renyi_entropy", x, **kw)
+    faces("matrix_renyi_entropy", wide.astype(np.float32), alpha=1.0, kernel="linear")
     ka = np.exp(-((x[0][:, None] - x[0][None]) ** 2).sum(-1) / 50.0)
     kb = np.exp(-((x[1][:, None] - x[1][None]) ** 2).sum(-1) / 50.0)
-    for alpha in (1.0, 2.0):
-        close(
-            et.matrix_mutual_information(t(ka), t(kb), alpha=alpha),
-            geo.matrix_mutual_information(ka, kb, alpha=alpha),
-        )
-        close(
-            et.matrix_joint_entropy(t(ka), t(kb), alpha=alpha, base=2),
-            geo.matrix_joint_entropy(ka, kb, alpha=alpha, base=2),
-        )
+    for alpha in (1.0, 2.0, 1.5):
+        faces("matrix_mutual_information", ka, kb, alpha=alpha)
+        faces("matrix_joint_entropy", ka, kb, alpha=alpha, base=2)
+        faces("matrix_renyi_entropy", np.stack([ka, kb]), alpha=alpha, kernel="precomputed")
 
 
 def test_ranks_and_power_laws(data):

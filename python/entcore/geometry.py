@@ -1,7 +1,9 @@
 """Representation geometry (``matrix.md`` §3) on NumPy arrays: float64 results, Rust where the
 work is heavy.
 
-- **Spectra** (``von_neumann_entropy``, ``rankme``, ``alpha_req``, ``effective_rank``): the
+- **Spectra** (``von_neumann_entropy``, ``rankme``, ``alpha_req``, ``effective_rank``, and for
+  ``α ≠ 2`` the kernel entropies ``matrix_renyi_entropy`` / ``matrix_joint_entropy`` /
+  ``matrix_mutual_information``, whose Gram matrices are formed as in the reference): the
   second-moment matrix ``X̃ᵀX̃`` (or the ``n × n`` Gram matrix ``X̃X̃ᵀ`` when ``n < d``, as the
   reference chooses) is formed in float64 by NumPy's BLAS, and its eigenvalues come from the Rust
   symmetric eigensolver of ``entcore.matrix`` (faer tridiagonalisation + root-free QL, float64,
@@ -15,9 +17,9 @@ work is heavy.
   from exact row differences in Rust (``entcore._core.knn_distances``), by blocks of query rows
   on entcore's pool, never the ``N × N`` matrix.
 
-The other functions (``spectrum_entropy``, ``powerlaw_alpha``, the kernel entropies of §3.3,
-DSE/DSMI and ``phd_dimension``) are the float64 reference itself. Names, arguments, defaults,
-checks and results match ``entcore.reference.geometry`` (to round-off) and ``entcore.torch``.
+The other functions (``spectrum_entropy``, ``powerlaw_alpha``, DSE/DSMI and ``phd_dimension``)
+are the float64 reference itself. Names, arguments, defaults, checks and results match
+``entcore.reference.geometry`` (to round-off) and ``entcore.torch``.
 """
 
 from __future__ import annotations
@@ -40,14 +42,13 @@ from entcore.reference.geometry import (
     PowerLawFit,
     _distinct_rows,
     _finish,
+    _grams,
     _h1,
     _log_base,
+    _renyi,
     _token_sets,
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
-    matrix_joint_entropy,
-    matrix_mutual_information,
-    matrix_renyi_entropy,
     phd_dimension,
     powerlaw_alpha,
     spectrum_entropy,
@@ -78,36 +79,36 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def _spectra(sets: list[np.ndarray], method: str) -> list[np.ndarray]:
-    """Eigenvalues of ``XᵀX`` (length ``d``, descending, round-off set to 0) of every set, through
-    the ``n × n`` Gram matrix when ``n < d`` (``"auto"``) or when asked (zero-padded to ``d``);
-    one Rust call per matrix size. A set with no row gives zeros."""
-    mats: list[np.ndarray | None] = []
-    for x in sets:
-        n, d = x.shape
-        if n == 0:
-            mats.append(None)
-        elif method == "gram" or (method == "auto" and n < d):
-            mats.append(x @ x.T)
-        else:
-            mats.append(x.T @ x)
-    sizes = {m.shape[0] for m in mats if m is not None}
-    eig: dict[int, np.ndarray] = {}
+def _eigenvalues(mats: list[np.ndarray]) -> list[np.ndarray]:
+    """Eigenvalues of symmetric float64 matrices, descending, clamped at 0, those at or below
+    ``m·ε·λ_max`` set to 0 (round-off, as in the reference); one Rust call per matrix size."""
+    sizes = sorted({m.shape[0] for m in mats})
+    eig: dict[int, list[np.ndarray]] = {}
     for size in sizes:
-        batch = np.stack([m for m in mats if m is not None and m.shape[0] == size])
+        batch = np.stack([m for m in mats if m.shape[0] == size])
         lam = _core.symmetric_eigenvalues(batch.reshape(-1), batch.shape[0], size)
         lam = lam.reshape(batch.shape[0], size)
         floor = size * np.finfo(np.float64).eps * lam[:, :1]
-        eig[size] = np.where(lam > floor, lam, 0.0)
-    taken = dict.fromkeys(sizes, 0)
+        eig[size] = list(np.where(lam > floor, lam, 0.0))[::-1]
+    return [eig[m.shape[0]].pop() for m in mats]
+
+
+def _spectra(sets: list[np.ndarray], method: str) -> list[np.ndarray]:
+    """Eigenvalues of ``XᵀX`` (length ``d``, descending) of every set, through the ``n × n`` Gram
+    matrix when ``n < d`` (``"auto"``) or when asked (zero-padded to ``d``); a set with no row
+    gives zeros."""
+    mats = [
+        x @ x.T if method == "gram" or (method == "auto" and x.shape[0] < x.shape[1]) else x.T @ x
+        for x in sets
+        if x.shape[0] > 0
+    ]
+    lams = iter(_eigenvalues(mats))
     out = []
-    for x, m in zip(sets, mats, strict=True):
+    for x in sets:
         full = np.zeros(x.shape[1])
-        if m is not None:
-            size = m.shape[0]
-            lam = eig[size][taken[size]]
-            taken[size] += 1
-            keep = min(size, full.shape[0])
+        if x.shape[0] > 0:
+            lam = next(lams)
+            keep = min(lam.shape[0], full.shape[0])
             full[:keep] = lam[:keep]
         out.append(full)
     return out
@@ -235,6 +236,77 @@ def effective_rank(
         lams = np.array(_spectra(sets, "auto")).reshape(lead + (-1,))
         x = np.sqrt(lams) if spectrum == "singular" else lams
     return _rank_of_spectra(x, kind=kind, spectrum="precomputed", threshold=threshold)
+
+
+def _kernel_entropies(mats: list[np.ndarray], alpha: float) -> list[float]:
+    """``S_α`` (natural log) of unit-trace Gram matrices: ``−ln ‖A‖_F²`` for ``α = 2``, else over
+    the eigenvalues (Rust)."""
+    if alpha == 2.0:
+        return [-math.log(float((m * m).sum())) for m in mats]
+    return [_renyi(lam / lam.sum(), alpha) for lam in _eigenvalues(mats)]
+
+
+def matrix_renyi_entropy(
+    x: Any,
+    *,
+    alpha: float = 2.0,
+    kernel: str = "gaussian",
+    sigma: float | None = None,
+    center: bool = False,
+    base: float = math.e,
+    normalize: bool = False,
+) -> Any:
+    """Matrix-based Rényi-``α`` entropy ``ln(Σ λ_i^α)/(1 − α)`` of ``A = K / tr K``
+    (``matrix.md`` §3.3); the Gram matrices as in the reference, eigenvalues in Rust (none for
+    ``α = 2``). See :func:`entcore.reference.geometry.matrix_renyi_entropy`.
+
+    Ref: Sanchez Giraldo et al., arXiv 1211.2459; "Layer by Layer", arXiv 2502.02013.
+    """
+    a = real("alpha", alpha, low=0.0, low_open=True)
+    if math.isinf(a):
+        raise ValueError("alpha: expected a finite value > 0")
+    ln_base = _log_base(base)
+    grams, lead = _grams(x, kernel, sigma, center)
+    out = np.array(_kernel_entropies([k / np.trace(k) for k in grams], a)).reshape(lead)
+    if normalize:
+        n = grams[0].shape[0]
+        out = out / math.log(n) if n > 1 else np.zeros_like(out)
+    else:
+        out = out / ln_base
+    return out[()] if out.ndim == 0 else out
+
+
+def matrix_joint_entropy(ka: Any, kb: Any, *, alpha: float = 2.0, base: float = math.e) -> Any:
+    """Joint matrix entropy ``S_α(A∘B / tr(A∘B))`` (``matrix.md`` §3.3); eigenvalues in Rust.
+    See :func:`entcore.reference.geometry.matrix_joint_entropy`.
+
+    Ref: Sanchez Giraldo et al., arXiv 1211.2459.
+    """
+    a = real("alpha", alpha, low=0.0, low_open=True)
+    ln_base = _log_base(base)
+    ga, lead = _grams(ka, "precomputed", None, False, name="ka")
+    gb, lead_b = _grams(kb, "precomputed", None, False, name="kb")
+    if lead != lead_b or ga[0].shape != gb[0].shape:
+        raise ValueError("kb: expected the shape of ka")
+    mats = []
+    for p, q in zip(ga, gb, strict=True):
+        h = p * q
+        tr = np.trace(h)
+        if tr <= 0:
+            raise ValueError("ka, kb: the Hadamard product has trace 0")
+        mats.append(h / tr)
+    return _finish([v / ln_base for v in _kernel_entropies(mats, a)], lead)
+
+
+def matrix_mutual_information(ka: Any, kb: Any, *, alpha: float = 2.0, base: float = math.e) -> Any:
+    """Matrix-based mutual information ``I_α = S_α(A) + S_α(B) − S_α(A, B)`` (``matrix.md``
+    §3.3). See :func:`entcore.reference.geometry.matrix_mutual_information`.
+
+    Ref: Sanchez Giraldo et al., arXiv 1211.2459.
+    """
+    s_a = matrix_renyi_entropy(ka, alpha=alpha, kernel="precomputed", base=base)
+    s_b = matrix_renyi_entropy(kb, alpha=alpha, kernel="precomputed", base=base)
+    return s_a + s_b - matrix_joint_entropy(ka, kb, alpha=alpha, base=base)
 
 
 # ---------------------------------------------------------------------------------------------

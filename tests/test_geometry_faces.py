@@ -74,6 +74,7 @@ RUST_BACKED = {
     "matrix_mutual_information",
     "matrix_renyi_entropy",
     "mle_dimension",
+    "phd_dimension",
     "rankme",
     "twonn_dimension",
     "von_neumann_entropy",
@@ -160,8 +161,9 @@ def test_intrinsic_dimension_faces():
     for kw in ({}, {"unbiased": True, "k": 10}, {"aggregate": "mean"}, {"aggregate": "median"}):
         faces("mle_dimension", x, **kw)
     kw = {"n_min": 20, "n_sizes": 5, "n_subsamples": 3, "n_subsamples_large": 2, "n_reruns": 2}
-    close(et.phd_dimension(t(x), seed=4, **kw), geo.phd_dimension(x, seed=4, **kw))
-    close(et.phd_dimension(t(x), alpha=1.5, **kw), geo.phd_dimension(x, alpha=1.5, **kw))
+    faces("phd_dimension", x, seed=4, **kw)
+    faces("phd_dimension", x, alpha=1.5, **kw)
+    faces("phd_dimension", x.astype(np.float32), alpha=0.5, **kw)
 
 
 def test_rust_spectra_across_sizes_dtypes_and_ranks():
@@ -219,6 +221,7 @@ def test_rust_paths_do_not_depend_on_the_thread_count():
                     entcore.mle_dimension(x),
                     entcore.von_neumann_entropy(z).tolist(),
                     entcore.rankme(z).tolist(),
+                    entcore.phd_dimension(x, n_min=30, n_sizes=4, n_reruns=1),
                 )
             )
     finally:
@@ -241,6 +244,12 @@ def test_core_bindings_check_their_arguments():
     np.testing.assert_allclose(lam, [3.0, 1.0, 4.0, 0.0], atol=1e-15)
     with pytest.raises(ValueError, match="k"):
         entcore.mle_dimension(np.eye(5), k=5)
+    with pytest.raises(ValueError, match="^alpha:"):
+        _core.mst_weights(np.zeros(4), 1, 4, 1, 0.0)
+    np.testing.assert_array_equal(
+        _core.mst_weights(np.array([0.0, 1.0, 3.0, 6.0, 0.0, 2.0, 4.0, 6.0]), 2, 4, 1, 2.0),
+        [14.0, 12.0],
+    )
     with pytest.raises(ValueError, match="3 distinct points"):
         entcore.twonn_dimension(np.ones((6, 2)))
 

@@ -170,6 +170,12 @@ def knn_distances(x: NDArray[np.float64], n: int, dim: int, k: int) -> NDArray[n
     """Distances ``(n · k,)`` from each row of ``x (n × dim)`` flattened to its ``k`` nearest
     other rows, ascending (``matrix.md`` §3.8)."""
 
+def mst_weights(
+    x: NDArray[np.float64], batch: int, n: int, dim: int, alpha: float
+) -> NDArray[np.float64]:
+    """``Σ |e|^α`` over the Euclidean minimum spanning tree of each of ``batch`` point sets
+    ``x (batch · n · dim,)`` flattened, ``(batch,)`` (``matrix.md`` §3.8)."""
+
 def set_num_threads(n: int) -> None:
     """Size of entcore's own thread pool (``n >= 1``)."""
 

@@ -16,9 +16,12 @@ work is heavy.
 - **Nearest neighbours** (``twonn_dimension``, ``mle_dimension``): brute-force float64 distances
   from exact row differences in Rust (``entcore._core.knn_distances``), by blocks of query rows
   on entcore's pool, never the ``N × N`` matrix.
+- **Minimum spanning trees** (``phd_dimension``): dense Prim in Rust with distances from exact
+  differences computed as points join (``entcore._core.mst_weights``), the subsets of one size in
+  parallel; the draws are the reference's.
 
-The other functions (``spectrum_entropy``, ``powerlaw_alpha``, DSE/DSMI and ``phd_dimension``)
-are the float64 reference itself. Names, arguments, defaults, checks and results match
+The other functions (``spectrum_entropy``, ``powerlaw_alpha`` and DSE/DSMI) are the float64
+reference itself. Names, arguments, defaults, checks and results match
 ``entcore.reference.geometry`` (to round-off) and ``entcore.torch``.
 """
 
@@ -49,7 +52,7 @@ from entcore.reference.geometry import (
     _token_sets,
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
-    phd_dimension,
+    phd_sizes,
     powerlaw_alpha,
     spectrum_entropy,
 )
@@ -366,3 +369,44 @@ def mle_dimension(
         return float(1.0 / inv_m.mean())
     m = 1.0 / inv_m
     return float(m.mean() if aggregate == "mean" else np.median(m))
+
+
+def phd_dimension(
+    x: Any,
+    *,
+    alpha: float = 1.0,
+    n_min: int = 40,
+    n_sizes: int = 7,
+    n_subsamples: int = 7,
+    n_subsamples_large: int = 3,
+    n_reruns: int = 3,
+    seed: int = 0,
+) -> float:
+    """Persistent-homology dimension ``α / (1 − m̄)`` from the growth of minimum-spanning-tree
+    weights over subsample sizes (``matrix.md`` §3.8); the same draws as the reference
+    (``Generator(PCG64(seed))``), the subsets of one size in one batch of Rust MSTs (dense Prim,
+    distances from exact differences). See :func:`entcore.reference.geometry.phd_dimension`.
+
+    Ref: arXiv 2306.04723 (ArGintum/GPTID ``IntrinsicDim.py``).
+    """
+    pts = _distinct_rows(x)
+    a = real("alpha", alpha, low=0.0, low_open=True)
+    n_min = integer("n_min", n_min, low=2)
+    n_sizes = integer("n_sizes", n_sizes, low=1)
+    n_sub = integer("n_subsamples", n_subsamples, low=1)
+    n_sub_large = integer("n_subsamples_large", n_subsamples_large, low=1)
+    reruns = integer("n_reruns", n_reruns, low=1)
+    rng = np.random.Generator(np.random.PCG64(integer("seed", seed, low=0)))
+    total, dim = pts.shape
+    sizes = phd_sizes(total, n_min, n_sizes)
+    slopes = []
+    for _ in range(reruns):
+        log_e = []
+        for n in sizes:
+            draws = n_sub_large if 2 * n >= total else n_sub
+            picks = np.stack([rng.choice(total, n, replace=False) for _ in range(draws)])
+            weights = _core.mst_weights(pts[picks].reshape(-1), draws, n, dim, a)
+            log_e.append(math.log(float(np.median(weights))))
+        slopes.append(float(np.polyfit(np.log(sizes), log_e, 1)[0]))
+    m = float(np.mean(slopes))
+    return a / (1.0 - m) if m < 1.0 else math.nan

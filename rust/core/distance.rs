@@ -113,3 +113,84 @@ pub fn squared_distance(u: &[f64], v: &[f64]) -> f64 {
         .sum();
     acc.iter().sum::<f64>() + tail
 }
+
+/// `Σ |e|^α` over the edges of the Euclidean minimum spanning tree of each of `batch` point sets
+/// stored one after another in `x` (`batch × n × dim`, row-major): dense Prim from point 0,
+/// distances from exact differences computed when a point joins the tree (`O(n² dim)` time,
+/// `O(n)` memory), the nearest outside point taken with ties to the lower index. One set per task
+/// on entcore's pool. Needs `n ≥ 1`, `dim ≥ 1`.
+pub fn mst_weights(x: &[f64], batch: usize, n: usize, dim: usize, alpha: f64) -> Result<Vec<f64>> {
+    let size = n.checked_mul(dim);
+    if n == 0 || dim == 0 || size.and_then(|s| s.checked_mul(batch)) != Some(x.len()) {
+        return Err(Error::value(
+            "x",
+            format!(
+                "expected {batch}·{n}·{dim} elements with n, dim >= 1, got {}",
+                x.len()
+            ),
+        ));
+    }
+    if !(alpha.is_finite() && alpha > 0.0) {
+        return Err(Error::value(
+            "alpha",
+            format!("expected a finite value > 0, got {alpha}"),
+        ));
+    }
+    let level = simd::level();
+    let size = n * dim;
+    let work = batch.saturating_mul(n).saturating_mul(size);
+    Ok(pool::map_indexed(
+        batch,
+        1,
+        work,
+        || (),
+        |_, b| {
+            let pts = &x[b * size..(b + 1) * size];
+            // SAFETY: `level` comes from `simd::level()`, which only returns supported levels.
+            unsafe {
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx2 | Level::Avx512 => prim_avx2(pts, n, dim, alpha),
+                    _ => prim(pts, n, dim, alpha),
+                }
+            }
+        },
+    ))
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn prim_avx2(pts: &[f64], n: usize, dim: usize, alpha: f64) -> f64 {
+    prim(pts, n, dim, alpha)
+}
+
+#[inline(always)]
+fn prim(pts: &[f64], n: usize, dim: usize, alpha: f64) -> f64 {
+    let row = |i: usize| &pts[i * dim..(i + 1) * dim];
+    let mut in_tree = vec![false; n];
+    let mut best = vec![f64::INFINITY; n];
+    let mut total = 0f64;
+    let mut last = 0usize;
+    in_tree[0] = true;
+    for _ in 1..n {
+        let from = row(last);
+        let (mut next, mut next_d) = (usize::MAX, f64::INFINITY);
+        for j in 0..n {
+            if in_tree[j] {
+                continue;
+            }
+            let d = squared_distance(from, row(j)).sqrt();
+            if d < best[j] {
+                best[j] = d;
+            }
+            if best[j] < next_d || next == usize::MAX {
+                next = j;
+                next_d = best[j];
+            }
+        }
+        total += next_d.powf(alpha);
+        in_tree[next] = true;
+        last = next;
+    }
+    total
+}

@@ -1,12 +1,13 @@
-//! Binding of the nearest-neighbour distance kernel (`matrix.md` §3.8). The Python layer
-//! (`entcore.geometry`) has already removed duplicate rows and passes `x` as float64, flattened.
+//! Bindings of the distance kernels of the intrinsic-dimension estimators (`matrix.md` §3.8).
+//! The Python layer (`entcore.geometry`) has already removed duplicate rows and passes the
+//! points as float64, flattened.
 
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 
 use super::arrays::slice;
 use super::errors::to_py;
-use crate::core::distance::knn_distances as knn_kernel;
+use crate::core::distance::{knn_distances as knn_kernel, mst_weights as mst_kernel};
 
 /// Distances `(n · k,)` float64 to the `k` nearest other rows of `x (n × dim)`, ascending.
 #[pyfunction]
@@ -23,7 +24,27 @@ fn knn_distances<'py>(
     Ok(PyArray1::from_vec(py, out))
 }
 
+/// `Σ |e|^α` over the Euclidean minimum spanning tree of each of `batch` point sets
+/// `(batch · n · dim,)`, `(batch,)` float64.
+#[pyfunction]
+#[pyo3(signature = (x, batch, n, dim, alpha))]
+fn mst_weights<'py>(
+    py: Python<'py>,
+    x: PyReadonlyArray1<'py, f64>,
+    batch: usize,
+    n: usize,
+    dim: usize,
+    alpha: f64,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let xs = slice("x", &x)?;
+    let out = py
+        .detach(|| mst_kernel(xs, batch, n, dim, alpha))
+        .map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, out))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(knn_distances, m)?)?;
+    m.add_function(wrap_pyfunction!(mst_weights, m)?)?;
     Ok(())
 }

@@ -1,9 +1,9 @@
 //! Nearest-neighbour distances (`matrix.md` §3.8) against a full sort of every distance, on every
-//! SIMD level, across query blocks; and the batched symmetric eigensolver on matrices with known
-//! eigenvalues.
+//! SIMD level, across query blocks; minimum spanning trees against Kruskal; and the batched
+//! symmetric eigensolver on matrices with known eigenvalues.
 
 use super::{assert_levels, each_level, restore_threads, serial, Rng};
-use crate::core::distance::{knn_distances, BLOCK_ROWS};
+use crate::core::distance::{knn_distances, mst_weights, BLOCK_ROWS};
 use crate::core::eigen::symmetric_eigenvalues;
 
 fn points(rng: &mut Rng, n: usize, dim: usize) -> Vec<f64> {
@@ -130,4 +130,63 @@ fn batched_eigenvalues_of_known_matrices() {
     assert!(symmetric_eigenvalues(&[1.0, f64::NAN, f64::NAN, 1.0], 1, 2).is_err());
     assert!(symmetric_eigenvalues(&[1.0; 5], 1, 2).is_err());
     assert!(symmetric_eigenvalues(&[], 0, 0).is_err());
+}
+
+/// `Σ |e|^α` of the minimum spanning tree by Kruskal over every edge (an independent oracle).
+fn kruskal(x: &[f64], n: usize, dim: usize, alpha: f64) -> f64 {
+    let mut edges = Vec::new();
+    for i in 0..n {
+        for j in 0..i {
+            let d2: f64 = (0..dim)
+                .map(|a| (x[i * dim + a] - x[j * dim + a]).powi(2))
+                .sum();
+            edges.push((d2.sqrt(), i, j));
+        }
+    }
+    edges.sort_by(|p, q| p.0.total_cmp(&q.0));
+    let mut parent: Vec<usize> = (0..n).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut total = 0.0;
+    for (d, i, j) in edges {
+        let (a, b) = (root(&mut parent, i), root(&mut parent, j));
+        if a != b {
+            parent[a] = b;
+            total += d.powf(alpha);
+        }
+    }
+    total
+}
+
+#[test]
+fn mst_weights_match_kruskal_on_every_level() {
+    let s = serial();
+    let mut rng = Rng::new(31);
+    let (batch, n, dim) = (3, 90, 7);
+    let x = points(&mut rng, batch * n, dim);
+    let ran = each_level(&s, |level| {
+        for alpha in [1.0, 0.5, 2.0] {
+            let got = mst_weights(&x, batch, n, dim, alpha).unwrap();
+            for (b, g) in got.iter().enumerate() {
+                let want = kruskal(&x[b * n * dim..(b + 1) * n * dim], n, dim, alpha);
+                assert!(
+                    (g - want).abs() <= 1e-12 * want,
+                    "{level:?} α={alpha}: {g} vs {want}"
+                );
+            }
+        }
+    });
+    assert_levels(&ran);
+    // Points 0, 1, 3, 6 on a line: edges 1 + 2 + 3; one point: no edge.
+    let line = [0.0, 1.0, 3.0, 6.0];
+    assert_eq!(mst_weights(&line, 1, 4, 1, 1.0).unwrap(), vec![6.0]);
+    assert_eq!(mst_weights(&line, 1, 4, 1, 2.0).unwrap(), vec![14.0]);
+    assert_eq!(mst_weights(&line[..1], 1, 1, 1, 1.0).unwrap(), vec![0.0]);
+    assert!(mst_weights(&line, 1, 3, 1, 1.0).is_err());
+    assert!(mst_weights(&line, 1, 4, 1, 0.0).is_err());
 }

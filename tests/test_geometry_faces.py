@@ -69,6 +69,8 @@ def data():
 
 RUST_BACKED = {
     "alpha_req",
+    "diffusion_spectral_entropy",
+    "diffusion_spectral_mutual_information",
     "effective_rank",
     "matrix_joint_entropy",
     "matrix_mutual_information",
@@ -111,6 +113,7 @@ def test_spectral_entropies(data):
     ):
         faces("matrix_renyi_entropy", x, **kw)
     faces("matrix_renyi_entropy", wide.astype(np.float32), alpha=1.0, kernel="linear")
+    faces("matrix_renyi_entropy", rng.normal(size=(2, 130, 5)), alpha=1.5, sigma=2.0, center=True)
     ka = np.exp(-((x[0][:, None] - x[0][None]) ** 2).sum(-1) / 50.0)
     kb = np.exp(-((x[1][:, None] - x[1][None]) ** 2).sum(-1) / 50.0)
     for alpha in (1.0, 2.0, 1.5):
@@ -142,13 +145,19 @@ def test_diffusion_spectral_entropy_and_mutual_information():
     rng = np.random.default_rng(101)
     z = rng.normal(size=(50, 4))
     labels = rng.integers(0, 3, size=50)
-    for kw in ({"sigma": 1.0}, {"sigma": 2.0, "t": 3, "base": math.e}, {"max_n": 30, "seed": 2}):
-        close(et.diffusion_spectral_entropy(t(z), **kw), geo.diffusion_spectral_entropy(z, **kw))
+    for kw in (
+        {"sigma": 1.0},
+        {"sigma": 2.0, "t": 3, "base": math.e},
+        {"max_n": 30, "seed": 2},
+        {"sigma": 1.0, "t": 0},
+    ):
+        faces("diffusion_spectral_entropy", z, **kw)
+    # 150 rows: the Rust distances cross a 64-row block; float32 input.
+    big = rng.normal(size=(150, 7)).astype(np.float32)
+    faces("diffusion_spectral_entropy", big, sigma=2.0)
     kw = {"sigma": 1.5, "n_repetitions": 3, "max_n": 40, "seed": 7}
-    close(
-        et.diffusion_spectral_mutual_information(t(z), t(labels), **kw),
-        geo.diffusion_spectral_mutual_information(z, labels, **kw),
-    )
+    faces("diffusion_spectral_mutual_information", z, labels, **kw)
+    faces("diffusion_spectral_mutual_information", z, np.zeros(50, dtype=np.int64), sigma=1.0)
 
 
 def test_intrinsic_dimension_faces():
@@ -222,6 +231,7 @@ def test_rust_paths_do_not_depend_on_the_thread_count():
                     entcore.von_neumann_entropy(z).tolist(),
                     entcore.rankme(z).tolist(),
                     entcore.phd_dimension(x, n_min=30, n_sizes=4, n_reruns=1),
+                    entcore.diffusion_spectral_entropy(x[:160], sigma=3.0),
                 )
             )
     finally:

@@ -170,6 +170,10 @@ def knn_distances(x: NDArray[np.float64], n: int, dim: int, k: int) -> NDArray[n
     """Distances ``(n · k,)`` from each row of ``x (n × dim)`` flattened to its ``k`` nearest
     other rows, ascending (``matrix.md`` §3.8)."""
 
+def sq_distances(x: NDArray[np.float64], n: int, dim: int) -> NDArray[np.float64]:
+    """Squared distances ``(n · n,)`` between the rows of ``x (n × dim)`` flattened, from exact
+    differences (``matrix.md`` §3.3, §3.7)."""
+
 def mst_weights(
     x: NDArray[np.float64], batch: int, n: int, dim: int, alpha: float
 ) -> NDArray[np.float64]:

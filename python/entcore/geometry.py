@@ -3,15 +3,15 @@ work is heavy.
 
 - **Spectra** (``von_neumann_entropy``, ``rankme``, ``alpha_req``, ``effective_rank``, and for
   ``α ≠ 2`` the kernel entropies ``matrix_renyi_entropy`` / ``matrix_joint_entropy`` /
-  ``matrix_mutual_information``, whose Gram matrices are formed as in the reference): the
-  second-moment matrix ``X̃ᵀX̃`` (or the ``n × n`` Gram matrix ``X̃X̃ᵀ`` when ``n < d``, as the
-  reference chooses) is formed in float64 by NumPy's BLAS, and its eigenvalues come from the Rust
-  symmetric eigensolver of ``entcore.matrix`` (faer tridiagonalisation + root-free QL, float64,
-  never an SVD; ``matrix.md`` §0), all problems of a call in one batch on entcore's pool with the
-  GIL released. Eigenvalues at or below ``n·ε·λ_max`` are round-off and set to 0, as in the
-  reference, so a rank-``k`` matrix has exactly ``k`` positive eigenvalues. (The f32-tile second
-  moments of ``entcore.matrix_spectrum`` are not used here: their ~1e-7 relative round-off would
-  show as spurious singular values ``√(1e-7 λ_max)`` in ``rankme`` and in the tail fitted by
+  ``matrix_mutual_information``): the second-moment matrix ``X̃ᵀX̃`` (or the ``n × n`` Gram
+  matrix ``X̃X̃ᵀ`` when ``n < d``, as the reference chooses) is formed in float64 by NumPy's BLAS,
+  and its eigenvalues come from the Rust symmetric eigensolver of ``entcore.matrix`` (faer
+  tridiagonalisation + root-free QL, float64, never an SVD; ``matrix.md`` §0), all problems of a
+  call in one batch on entcore's pool with the GIL released. Eigenvalues at or below
+  ``n·ε·λ_max`` are round-off and set to 0, as in the reference, so a rank-``k`` matrix has
+  exactly ``k`` positive eigenvalues. (The f32-tile second moments of
+  ``entcore.matrix_spectrum`` are not used here: their ~1e-7 relative round-off would show as
+  spurious singular values ``√(1e-7 λ_max)`` in ``rankme`` and in the tail fitted by
   ``alpha_req``.)
 - **Nearest neighbours** (``twonn_dimension``, ``mle_dimension``): brute-force float64 distances
   from exact row differences in Rust (``entcore._core.knn_distances``), by blocks of query rows
@@ -19,10 +19,13 @@ work is heavy.
 - **Minimum spanning trees** (``phd_dimension``): dense Prim in Rust with distances from exact
   differences computed as points join (``entcore._core.mst_weights``), the subsets of one size in
   parallel; the draws are the reference's.
+- **Kernel matrices** (the Gaussian kernel of ``matrix_renyi_entropy``, DSE/DSMI): squared
+  distances from exact differences in Rust (``entcore._core.sq_distances``), and the DSE
+  eigenvalues from the Rust eigensolver.
 
-The other functions (``spectrum_entropy``, ``powerlaw_alpha`` and DSE/DSMI) are the float64
-reference itself. Names, arguments, defaults, checks and results match
-``entcore.reference.geometry`` (to round-off) and ``entcore.torch``.
+``spectrum_entropy`` and ``powerlaw_alpha`` (no heavy step) are the float64 reference itself.
+Names, arguments, defaults, checks and results match ``entcore.reference.geometry`` (to
+round-off) and ``entcore.torch``.
 """
 
 from __future__ import annotations
@@ -33,10 +36,11 @@ from typing import Any
 import numpy as np
 
 from entcore import _core
-from entcore.reference._layout import choice, integer, real
+from entcore.reference._layout import as_array, choice, float64_array, integer, real
 from entcore.reference.geometry import (
     ERANK_KINDS,
     ERANK_SPECTRA,
+    KERNELS,
     METHODS,
     MLE_AGGREGATES,
     RANKME_SPECTRA,
@@ -44,14 +48,14 @@ from entcore.reference.geometry import (
     VN_NORMALIZE,
     PowerLawFit,
     _distinct_rows,
+    _dse_args,
     _finish,
     _grams,
     _h1,
     _log_base,
+    _matrix_2d,
     _renyi,
     _token_sets,
-    diffusion_spectral_entropy,
-    diffusion_spectral_mutual_information,
     phd_sizes,
     powerlaw_alpha,
     spectrum_entropy,
@@ -241,6 +245,35 @@ def effective_rank(
     return _rank_of_spectra(x, kind=kind, spectrum="precomputed", threshold=threshold)
 
 
+def _sq_distances(x: np.ndarray) -> np.ndarray:
+    """``‖x_i − x_j‖²`` ``(n, n)`` from exact differences (Rust, parallel over row blocks)."""
+    n, dim = x.shape
+    flat = np.ascontiguousarray(x, dtype=np.float64).reshape(-1)
+    return _core.sq_distances(flat, n, dim).reshape(n, n)
+
+
+def _kernel_grams(
+    x: Any, kernel: str, sigma: Any, center: bool
+) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """The Gram matrices of :func:`matrix_renyi_entropy`: the reference's for ``"linear"`` and
+    ``"precomputed"``; the Gaussian kernel from the Rust squared distances."""
+    if choice("kernel", kernel, KERNELS) != "gaussian":
+        return _grams(x, kernel, sigma, center)
+    v = float64_array("x", x)
+    if v.ndim < 2 or v.shape[-2] < 1:
+        raise ValueError(f"x: expected shape (..., n, D) with n >= 1, got {v.shape}")
+    if not np.all(np.isfinite(v)):
+        raise ValueError("x: expected finite values")
+    if sigma is None:
+        raise ValueError("sigma: required for the Gaussian kernel (no default bandwidth)")
+    s = real("sigma", sigma, low=0.0, low_open=True)
+    grams = []
+    for rows in v.reshape(-1, *v.shape[-2:]):
+        xc = rows - rows.mean(axis=0) if center else rows
+        grams.append(np.exp(-_sq_distances(xc) / (2.0 * s * s)))
+    return grams, v.shape[:-2]
+
+
 def _kernel_entropies(mats: list[np.ndarray], alpha: float) -> list[float]:
     """``S_α`` (natural log) of unit-trace Gram matrices: ``−ln ‖A‖_F²`` for ``α = 2``, else over
     the eigenvalues (Rust)."""
@@ -269,7 +302,7 @@ def matrix_renyi_entropy(
     if math.isinf(a):
         raise ValueError("alpha: expected a finite value > 0")
     ln_base = _log_base(base)
-    grams, lead = _grams(x, kernel, sigma, center)
+    grams, lead = _kernel_grams(x, kernel, sigma, center)
     out = np.array(_kernel_entropies([k / np.trace(k) for k in grams], a)).reshape(lead)
     if normalize:
         n = grams[0].shape[0]
@@ -310,6 +343,86 @@ def matrix_mutual_information(ka: Any, kb: Any, *, alpha: float = 2.0, base: flo
     s_a = matrix_renyi_entropy(ka, alpha=alpha, kernel="precomputed", base=base)
     s_b = matrix_renyi_entropy(kb, alpha=alpha, kernel="precomputed", base=base)
     return s_a + s_b - matrix_joint_entropy(ka, kb, alpha=alpha, base=base)
+
+
+def diffusion_spectral_entropy(
+    z: Any,
+    *,
+    sigma: float = 10.0,
+    t: float = 1,
+    max_n: int = 10000,
+    seed: int = 0,
+    base: float = 2.0,
+) -> float:
+    """Diffusion spectral entropy of ``z (N, D)``, in bits by default (``matrix.md`` §3.7): the
+    Gaussian kernel from Rust squared distances, the eigenvalues of ``Q^{−1/2} G Q^{−1/2}`` from
+    the Rust eigensolver, the reference's draws. See
+    :func:`entcore.reference.geometry.diffusion_spectral_entropy`.
+
+    Written from the mathematics (the published code is under a non-commercial licence).
+    Ref: arXiv 2312.04823.
+    """
+    rows = _matrix_2d("z", z)
+    s, t_val, n_max, ln_base = _dse_args(sigma, t, max_n, base)
+    rng = np.random.Generator(np.random.PCG64(integer("seed", seed, low=0)))
+    if rows.shape[0] > n_max:
+        rows = rows[np.sort(rng.choice(rows.shape[0], n_max, replace=False))]
+    return _dse(rows, s, t_val) / ln_base
+
+
+def diffusion_spectral_mutual_information(
+    z: Any,
+    labels: Any,
+    *,
+    sigma: float = 10.0,
+    t: float = 1,
+    n_repetitions: int = 5,
+    max_n: int = 10000,
+    seed: int = 0,
+    base: float = 2.0,
+) -> float:
+    """Diffusion spectral mutual information ``Σ_b (n_b/N)(H*_b − H_b)`` between ``z (N, D)`` and
+    discrete ``labels (N,)`` (``matrix.md`` §3.7), each DSE as in
+    :func:`diffusion_spectral_entropy`, the reference's draws. See
+    :func:`entcore.reference.geometry.diffusion_spectral_mutual_information`.
+
+    Ref: arXiv 2312.04823.
+    """
+    rows = _matrix_2d("z", z)
+    lab = as_array("labels", labels)
+    if lab.dtype.kind not in "iu":
+        raise TypeError(f"labels: expected an integer array, got dtype {lab.dtype}")
+    if lab.shape != (rows.shape[0],):
+        raise ValueError(f"labels: expected shape ({rows.shape[0]},), got {lab.shape}")
+    s, t_val, n_max, ln_base = _dse_args(sigma, t, max_n, base)
+    reps = integer("n_repetitions", n_repetitions, low=1)
+    rng = np.random.Generator(np.random.PCG64(integer("seed", seed, low=0)))
+    if rows.shape[0] > n_max:
+        keep = np.sort(rng.choice(rows.shape[0], n_max, replace=False))
+        rows, lab = rows[keep], lab[keep]
+    n = rows.shape[0]
+    total = 0.0
+    for b in np.unique(lab):
+        members = rows[lab == b]
+        n_b = members.shape[0]
+        h_b = _dse(members, s, t_val)
+        h_star = np.mean(
+            [_dse(rows[np.sort(rng.choice(n, n_b, replace=False))], s, t_val) for _ in range(reps)]
+        )
+        total += n_b / n * (h_star - h_b)
+    return total / ln_base
+
+
+def _dse(rows: np.ndarray, sigma: float, t: float) -> float:
+    """DSE in nats of one row set (the diagonal of ``G`` included); the eigenvalues of the PSD
+    matrix ``K`` are clamped at 0 where the reference takes ``|μ|`` (round-off either way)."""
+    g = np.exp(-_sq_distances(rows) / (2.0 * sigma * sigma))
+    q = g.sum(axis=1)
+    k = g / np.sqrt(np.outer(q, q))
+    m = k.shape[0]
+    mu = _core.symmetric_eigenvalues(np.ascontiguousarray((k + k.T) / 2.0).reshape(-1), 1, m)
+    mu = mu**t
+    return _h1(mu / mu.sum())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -93,6 +93,64 @@ fn block(x: &[f64], n: usize, dim: usize, k: usize, rows: std::ops::Range<usize>
     best.into_iter().map(|(d2, _)| d2.sqrt()).collect()
 }
 
+/// Squared distances `‖x_i − x_j‖²` `(n, n)` row-major between the `n` rows of `x (n × dim)`, from
+/// exact differences, one block of [`BLOCK_ROWS`] rows per task; exactly symmetric with a zero
+/// diagonal (every pair is summed in the same order both ways). Needs `n ≥ 1`, `dim ≥ 1`.
+pub fn sq_distances(x: &[f64], n: usize, dim: usize) -> Result<Vec<f64>> {
+    if n == 0 || dim == 0 || n.checked_mul(dim) != Some(x.len()) {
+        return Err(Error::value(
+            "x",
+            format!(
+                "expected {n}·{dim} elements with n, dim >= 1, got {}",
+                x.len()
+            ),
+        ));
+    }
+    let level = simd::level();
+    let work = n.saturating_mul(n).saturating_mul(dim);
+    let parts = pool::map_indexed(
+        n.div_ceil(BLOCK_ROWS),
+        1,
+        work,
+        || (),
+        |_, b| {
+            let rows = b * BLOCK_ROWS..((b + 1) * BLOCK_ROWS).min(n);
+            // SAFETY: `level` comes from `simd::level()`, which only returns supported levels.
+            unsafe {
+                match level {
+                    #[cfg(target_arch = "x86_64")]
+                    Level::Avx2 | Level::Avx512 => distance_rows_avx2(x, n, dim, rows),
+                    _ => distance_rows(x, n, dim, rows),
+                }
+            }
+        },
+    );
+    Ok(parts.concat())
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn distance_rows_avx2(
+    x: &[f64],
+    n: usize,
+    dim: usize,
+    rows: std::ops::Range<usize>,
+) -> Vec<f64> {
+    distance_rows(x, n, dim, rows)
+}
+
+#[inline(always)]
+fn distance_rows(x: &[f64], n: usize, dim: usize, rows: std::ops::Range<usize>) -> Vec<f64> {
+    let mut out = vec![0f64; rows.len() * n];
+    for j in 0..n {
+        let xj = &x[j * dim..(j + 1) * dim];
+        for (q, i) in rows.clone().enumerate() {
+            out[q * n + j] = squared_distance(&x[i * dim..(i + 1) * dim], xj);
+        }
+    }
+    out
+}
+
 /// `Σ_a (u_a − v_a)²` in [`LANES`] accumulators.
 #[inline(always)]
 pub fn squared_distance(u: &[f64], v: &[f64]) -> f64 {

@@ -3,7 +3,7 @@
 //! symmetric eigensolver on matrices with known eigenvalues.
 
 use super::{assert_levels, each_level, restore_threads, serial, Rng};
-use crate::core::distance::{knn_distances, mst_weights, BLOCK_ROWS};
+use crate::core::distance::{knn_distances, mst_weights, sq_distances, BLOCK_ROWS};
 use crate::core::eigen::symmetric_eigenvalues;
 
 fn points(rng: &mut Rng, n: usize, dim: usize) -> Vec<f64> {
@@ -189,4 +189,28 @@ fn mst_weights_match_kruskal_on_every_level() {
     assert_eq!(mst_weights(&line[..1], 1, 1, 1, 1.0).unwrap(), vec![0.0]);
     assert!(mst_weights(&line, 1, 3, 1, 1.0).is_err());
     assert!(mst_weights(&line, 1, 4, 1, 0.0).is_err());
+}
+
+#[test]
+fn squared_distance_matrix_is_exact_and_symmetric() {
+    let s = serial();
+    let mut rng = Rng::new(41);
+    let (n, dim) = (BLOCK_ROWS + 9, 11);
+    let x = points(&mut rng, n, dim);
+    let ran = each_level(&s, |level| {
+        let d = sq_distances(&x, n, dim).unwrap();
+        for i in 0..n {
+            assert_eq!(d[i * n + i], 0.0);
+            for j in 0..n {
+                assert_eq!(d[i * n + j].to_bits(), d[j * n + i].to_bits());
+                let want: f64 = (0..dim)
+                    .map(|a| (x[i * dim + a] - x[j * dim + a]).powi(2))
+                    .sum();
+                assert!((d[i * n + j] - want).abs() <= 1e-13 * want, "{level:?}");
+            }
+        }
+    });
+    assert_levels(&ran);
+    assert!(sq_distances(&x, n, 0).is_err());
+    assert!(sq_distances(&x[..5], n, dim).is_err());
 }

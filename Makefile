@@ -50,3 +50,4 @@ bench: build
 	$(PY) benchmarks/cpu_attention.py
 	$(PY) benchmarks/cpu_matrix.py
 	$(PY) benchmarks/cpu_kv.py
+	$(PY) benchmarks/cpu_geometry.py

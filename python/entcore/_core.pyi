@@ -162,6 +162,24 @@ def matrix_renyi2(
 ) -> NDArray[np.float64]:
     """Rényi-2 entropies ``−ln ‖Â‖_F²`` over the divisor ``(problems / pool,)`` (§1.3)."""
 
+def symmetric_eigenvalues(a: NDArray[np.float64], batch: int, dim: int) -> NDArray[np.float64]:
+    """Eigenvalues ``(batch · dim,)`` of ``batch`` symmetric ``dim × dim`` matrices flattened
+    (lower triangles read), clamped at 0, descending per matrix (``matrix.md`` §0)."""
+
+def knn_distances(x: NDArray[np.float64], n: int, dim: int, k: int) -> NDArray[np.float64]:
+    """Distances ``(n · k,)`` from each row of ``x (n × dim)`` flattened to its ``k`` nearest
+    other rows, ascending (``matrix.md`` §3.8)."""
+
+def sq_distances(x: NDArray[np.float64], n: int, dim: int) -> NDArray[np.float64]:
+    """Squared distances ``(n · n,)`` between the rows of ``x (n × dim)`` flattened, from exact
+    differences (``matrix.md`` §3.3, §3.7)."""
+
+def mst_weights(
+    x: NDArray[np.float64], batch: int, n: int, dim: int, alpha: float
+) -> NDArray[np.float64]:
+    """``Σ |e|^α`` over the Euclidean minimum spanning tree of each of ``batch`` point sets
+    ``x (batch · n · dim,)`` flattened, ``(batch,)`` (``matrix.md`` §3.8)."""
+
 def set_num_threads(n: int) -> None:
     """Size of entcore's own thread pool (``n >= 1``)."""
 

@@ -10,6 +10,7 @@ use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
 use faer::{Mat, Par};
 
 use crate::core::error::{Error, Result};
+use crate::core::pool;
 
 /// QL sweeps allowed per eigenvalue before giving up (LAPACK allows 30).
 const MAX_SWEEPS: usize = 60;
@@ -40,6 +41,39 @@ pub fn eigenvalues_desc(a: &[f64], dim: usize, d: usize) -> Result<Vec<f64>> {
     values.sort_by(|p, q| q.total_cmp(p));
     values.resize(d, 0.0);
     Ok(values)
+}
+
+/// Eigenvalues of `batch` symmetric `dim × dim` matrices stored one after another in `a`
+/// (row-major; only each lower triangle is read), clamped at 0 and descending, `(batch, dim)`:
+/// one matrix per task on entcore's pool, so results do not depend on the thread count.
+/// A matrix holding NaN or ±inf is an error.
+pub fn symmetric_eigenvalues(a: &[f64], batch: usize, dim: usize) -> Result<Vec<f64>> {
+    let size = dim.checked_mul(dim);
+    if dim == 0 || size.and_then(|s| s.checked_mul(batch)) != Some(a.len()) {
+        return Err(Error::value(
+            "a",
+            format!(
+                "expected {batch} matrices of {dim} × {dim} (dim >= 1), got {} values",
+                a.len()
+            ),
+        ));
+    }
+    if a.iter().any(|v| !v.is_finite()) {
+        return Err(Error::value(
+            "a",
+            "expected finite values (NaN or inf found)",
+        ));
+    }
+    let size = dim * dim;
+    let work = a.len().saturating_mul(dim);
+    let parts = pool::map_indexed(
+        batch,
+        1,
+        work,
+        || (),
+        |_, b| eigenvalues_desc(&a[b * size..(b + 1) * size], dim, dim),
+    );
+    Ok(parts.into_iter().collect::<Result<Vec<_>>>()?.concat())
 }
 
 /// Eigenvalues (unsorted, in `diag`) of the symmetric tridiagonal matrix with diagonal `diag`

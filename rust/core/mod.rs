@@ -1,6 +1,7 @@
 //! Pure-Rust kernels on slices: no Python, testable with `cargo test --no-default-features`.
 
 pub mod cov;
+pub mod distance;
 pub mod dtype;
 pub mod eigen;
 pub mod error;

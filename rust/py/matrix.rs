@@ -5,9 +5,10 @@
 use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 
-use super::arrays::mask_bytes;
+use super::arrays::{mask_bytes, slice};
 use super::errors::{to_py, type_error, value_error};
 use crate::core::dtype::{as_bf16, as_f16};
+use crate::core::eigen::symmetric_eigenvalues as eigen_kernel;
 use crate::core::matrix::{
     matrix_entropy as entropy_kernel, matrix_renyi2 as renyi2_kernel,
     matrix_spectrum as spectrum_kernel, EntropyArgs, Method, Normalize, Prep, Shape,
@@ -211,7 +212,25 @@ fn matrix_renyi2<'py>(
     Ok(PyArray1::from_vec(py, out))
 }
 
+/// Eigenvalues `(batch · dim,)` float64 of `batch` symmetric `dim × dim` float64 matrices
+/// (lower triangles read), clamped at 0, descending per matrix.
+#[pyfunction]
+#[pyo3(signature = (a, batch, dim))]
+fn symmetric_eigenvalues<'py>(
+    py: Python<'py>,
+    a: PyReadonlyArray1<'py, f64>,
+    batch: usize,
+    dim: usize,
+) -> PyResult<Bound<'py, PyArray1<f64>>> {
+    let values = slice("a", &a)?;
+    let out = py
+        .detach(|| eigen_kernel(values, batch, dim))
+        .map_err(to_py)?;
+    Ok(PyArray1::from_vec(py, out))
+}
+
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(symmetric_eigenvalues, m)?)?;
     m.add_function(wrap_pyfunction!(matrix_spectrum, m)?)?;
     m.add_function(wrap_pyfunction!(matrix_entropy, m)?)?;
     m.add_function(wrap_pyfunction!(matrix_renyi2, m)?)?;

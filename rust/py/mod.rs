@@ -3,6 +3,7 @@
 
 mod arrays;
 mod cov;
+mod distance;
 mod errors;
 mod matrix;
 mod segment;
@@ -20,6 +21,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     segment::register(m)?;
     cov::register(m)?;
     matrix::register(m)?;
+    distance::register(m)?;
     system::register(m)?;
     Ok(())
 }

@@ -46,6 +46,7 @@ macro_rules! for_each_simd_kind {
 }
 
 mod cov;
+mod distance;
 mod linear;
 mod matrix;
 mod plogp;

@@ -1,5 +1,5 @@
 """TwoNN and MLE against scikit-dimension 0.5, the widely used implementation, when it is
-installed (``pip install scikit-dimension``; not in the dev extra: it pulls numba)."""
+installed (``pip install scikit-dimension``, in the dev extra; an error under CI when missing)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from entcore.reference import geometry as geo
+from helpers import require_modules
 
-skdim = pytest.importorskip("skdim", reason="scikit-dimension is not installed")
+require_modules("skdim", install="pip install scikit-dimension (the dev extra)")
+import skdim  # noqa: E402
 
 
 @pytest.mark.parametrize("d", [2, 4])

@@ -10,10 +10,12 @@ import pytest
 
 import entcore
 from entcore import kv_model
-from helpers import require_torch
+from helpers import require_modules, require_torch
 
 torch = require_torch()
-transformers = pytest.importorskip("transformers", reason="transformers is in the dev extra")
+require_modules("transformers", install="the dev extra")
+import transformers  # noqa: E402
+
 import entcore.torch  # noqa: E402  (after require_torch)
 
 N, M = 40, 6

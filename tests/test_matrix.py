@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 import entcore
 from entcore.reference import matrix as ref
+from helpers import require_torch
 
 BF16 = ml_dtypes.bfloat16
 DTYPES = [np.float32, np.float16, BF16, np.float64]
@@ -257,6 +258,6 @@ def test_bad_inputs_raise_naming_the_argument(call, error, match):
 
 
 def test_torch_tensors_are_refused_with_a_pointer_to_the_torch_face():
-    torch = pytest.importorskip("torch")
+    torch = require_torch()
     with pytest.raises(TypeError, match="entcore.torch"):
         entcore.matrix_entropy(torch.zeros(3, 4))

@@ -12,7 +12,7 @@ default ``eps=1e-6`` would amplify to ~1e-1); the exact form of every backward i
 separately against autograd through float64 torch formulas at ~1e-9.
 """
 
-from helpers import require_torch
+from helpers import TORCH_REQUIRED, require_torch
 
 torch = require_torch()
 
@@ -1077,6 +1077,8 @@ _TP_WORKER = textwrap.dedent(
 def test_linear_vocab_parallel_gloo(tmp_path):
     """Tensor-parallel vocabulary shards over gloo, 2 processes (``token.md`` §8.2)."""
     if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        if TORCH_REQUIRED:
+            raise RuntimeError("torch.distributed with gloo is not available")
         pytest.skip("torch.distributed with gloo is not available")
     hidden, weight, bias, labels = _linear_case(torch.float64, n=6, vocab=11, dim=5)
     bias[8] = -INF  # masked entries in both shards

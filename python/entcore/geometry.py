@@ -5,9 +5,10 @@ work is heavy.
   ``α ≠ 2`` the kernel entropies ``matrix_renyi_entropy`` / ``matrix_joint_entropy`` /
   ``matrix_mutual_information``): the second-moment matrix ``X̃ᵀX̃`` (or the ``n × n`` Gram
   matrix ``X̃X̃ᵀ`` when ``n < d``, as the reference chooses) is formed in float64 by NumPy's BLAS,
-  and its eigenvalues come from the Rust symmetric eigensolver of ``entcore.matrix`` (faer
-  tridiagonalisation + root-free QL, float64, never an SVD; ``matrix.md`` §0), all problems of a
-  call in one batch on entcore's pool with the GIL released. Eigenvalues at or below
+  and its eigenvalues come from the Rust symmetric eigensolver of ``entcore.matrix``
+  (Householder tridiagonalisation, faer's above d = 768, + root-free QL, float64, never an
+  SVD; ``matrix.md`` §0), all problems of a call in one batch on entcore's pool with the GIL
+  released. Eigenvalues at or below
   ``n·ε·λ_max`` are round-off and set to 0, as in the reference, so a rank-``k`` matrix has
   exactly ``k`` positive eigenvalues. (The f32-tile second moments of
   ``entcore.matrix_spectrum`` are not used here: their ~1e-7 relative round-off would show as

@@ -1,16 +1,14 @@
 //! Eigenvalues of a real symmetric matrix in f64 (`matrix.md` §0: a symmetric eigensolver, never
-//! an SVD): faer's Householder tridiagonalisation, then the implicit QL iteration with Wilkinson
-//! shifts on the tridiagonal matrix, eigenvalues only, in its root-free form (Bowdler, Martin,
-//! Reinsch & Wilkinson, "The QR and QL algorithms for symmetric matrices", Numer. Math. 11, 1968;
-//! Pal, Walker & Kahan's variant as in LAPACK `dsterf`).
+//! an SVD): Householder tridiagonalisation ([`crate::core::tridiag`]), then the implicit QL
+//! iteration with Wilkinson shifts on the tridiagonal matrix, eigenvalues only, in its root-free
+//! form (Bowdler, Martin, Reinsch & Wilkinson, "The QR and QL algorithms for symmetric
+//! matrices", Numer. Math. 11, 1968; Pal, Walker & Kahan's variant as in LAPACK `dsterf`).
 
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::evd::tridiag::{tridiag_in_place, tridiag_in_place_scratch};
-use faer::linalg::qr::no_pivoting::factor::recommended_block_size;
-use faer::{Mat, Par};
+use std::cell::RefCell;
 
 use crate::core::error::{Error, Result};
 use crate::core::pool;
+use crate::core::tridiag::tridiagonalize;
 
 /// QL sweeps allowed per eigenvalue before giving up (LAPACK allows 30).
 const MAX_SWEEPS: usize = 60;
@@ -18,29 +16,28 @@ const MAX_SWEEPS: usize = 60;
 /// Eigenvalues of the symmetric `dim × dim` matrix whose lower triangle is `a` (row-major; the
 /// upper triangle is not read), clamped at 0, descending, zero-padded or cut to `d` values.
 pub fn eigenvalues_desc(a: &[f64], dim: usize, d: usize) -> Result<Vec<f64>> {
-    let mut m = Mat::<f64>::from_fn(dim, dim, |i, j| if i >= j { a[i * dim + j] } else { 0.0 });
-    let params = Default::default();
-    let mut householder = Mat::<f64>::zeros(
-        recommended_block_size::<f64>(dim, dim),
-        dim.saturating_sub(1),
-    );
-    let mut mem = MemBuffer::new(tridiag_in_place_scratch::<f64>(dim, Par::Seq, params));
-    tridiag_in_place(
-        m.as_mut(),
-        householder.as_mut(),
-        Par::Seq,
-        MemStack::new(&mut mem),
-        params,
-    );
-    let mut diag: Vec<f64> = (0..dim).map(|i| m[(i, i)]).collect();
-    let mut off: Vec<f64> = (0..dim)
-        .map(|i| if i + 1 < dim { m[(i + 1, i)] } else { 0.0 })
-        .collect();
+    WORK.with(|cell| {
+        let mut work = cell.borrow_mut();
+        work.clear();
+        work.extend_from_slice(&a[..dim * dim]);
+        eigenvalues_in_place(&mut work, dim, d)
+    })
+}
+
+/// [`eigenvalues_desc`] overwriting `a` (its lower triangle) as work space.
+pub fn eigenvalues_in_place(a: &mut [f64], dim: usize, d: usize) -> Result<Vec<f64>> {
+    let (mut diag, mut off) = (vec![0f64; dim], vec![0f64; dim]);
+    let scale = tridiagonalize(a, dim, &mut diag, &mut off);
     tridiagonal_eigenvalues(&mut diag, &mut off)?;
-    let mut values: Vec<f64> = diag.into_iter().map(|v| v.max(0.0)).collect();
+    let mut values: Vec<f64> = diag.into_iter().map(|v| (v * scale).max(0.0)).collect();
     values.sort_by(|p, q| q.total_cmp(p));
     values.resize(d, 0.0);
     Ok(values)
+}
+
+thread_local! {
+    /// The copy [`eigenvalues_desc`] works on, kept between calls (no fresh pages per matrix).
+    static WORK: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Eigenvalues of `batch` symmetric `dim × dim` matrices stored one after another in `a`
@@ -156,19 +153,34 @@ pub fn tridiagonal_eigenvalues(diag: &mut [f64], off: &mut [f64]) -> Result<()> 
             if i + 1 != m {
                 e[i + 1] = s * r;
             }
-            let old_c = c;
-            let inv = 1.0 / r;
-            c = p * inv;
-            s = bb * inv;
             let old_gamma = gamma;
             let alpha = diag[i];
-            gamma = c * (alpha - sigma) - s * old_gamma;
-            diag[i + 1] = old_gamma + (alpha - gamma);
-            p = if c != 0.0 {
-                gamma * gamma / c
+            let rp = r * p;
+            if rp.is_normal() {
+                // One division on the recurrence's critical path: with t = 1/(rp),
+                // c = p/r = p²t, s = bb/r = bb·pt, γ = c(α − σ) − s γ_old = N·pt with
+                // N = p(α − σ) − bb·γ_old, and the next p = γ²/c = N²t.
+                let t = 1.0 / rp;
+                let num = p * (alpha - sigma) - bb * old_gamma;
+                let pt = p * t;
+                c = p * pt;
+                s = bb * pt;
+                gamma = num * pt;
+                p = num * num * t;
             } else {
-                old_c * bb
-            };
+                // p = 0 (c = 0) or a product out of range: the two-division form of dsterf.
+                let old_c = c;
+                let inv = 1.0 / r;
+                c = p * inv;
+                s = bb * inv;
+                gamma = c * (alpha - sigma) - s * old_gamma;
+                p = if c != 0.0 {
+                    gamma * gamma / c
+                } else {
+                    old_c * bb
+                };
+            }
+            diag[i + 1] = old_gamma + (alpha - gamma);
         }
         e[l] = s * p;
         diag[l] = sigma + gamma;

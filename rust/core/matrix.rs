@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 
 use crate::core::dtype::{Bf16Bits, F16Bits, Source};
-use crate::core::eigen::eigenvalues_desc;
+use crate::core::eigen::eigenvalues_in_place;
 use crate::core::error::{Error, Result};
 use crate::core::gram::{accumulate_lower, gram_lower, padded, CHUNK_ROWS};
 use crate::core::pool;
@@ -15,38 +15,191 @@ use crate::core::simd::{self, Lanes, Level, Scalar};
 #[cfg(target_arch = "x86_64")]
 use crate::core::simd::{Avx2, Avx512};
 
-/// An input element type, widened exactly to f64 (one element at a time, in loops the compiler
-/// vectorises inside the kernels' `#[target_feature]` frames).
+/// An input element type: its two passes over a row (`matrix.md` §1.2 steps 1–3). The f32-exact
+/// kinds (f32, bfloat16, float16) work in f32 lanes; float64 inputs work in f64.
 pub trait Element: Copy + Send + Sync + 'static {
+    /// Exact widening to f64.
     fn value(self) -> f64;
+
+    /// Add the row to `sum` (f64) and return its squared norm, which is not finite when the row
+    /// holds NaN or ±inf and may be inexact outside [`SAFE_NORM2`] (the caller recomputes it).
+    ///
+    /// # Safety
+    /// The CPU must support `L`; `sum.len() == row.len()`.
+    unsafe fn scan_row<L: Lanes>(row: &[Self], sum: &mut [f64]) -> f64;
+
+    /// Write `z = (row − μ) · factor` to `dst` as f32 and return true, where
+    /// `factor = keep(‖row − μ‖)`; return false (leaving `dst` undefined) when `keep` gives None.
+    ///
+    /// # Safety
+    /// The CPU must support `L`; `dst.len()`, `mean`'s vectors and `row.len()` are equal.
+    unsafe fn emit_row<L: Lanes>(
+        row: &[Self],
+        mean: &Mean,
+        dst: &mut [f32],
+        keep: impl Fn(f64) -> Option<f64>,
+    ) -> bool;
 }
 
-impl Element for f32 {
-    #[inline(always)]
-    fn value(self) -> f64 {
-        self as f64
-    }
+macro_rules! f32_exact_element {
+    ($ty:ty) => {
+        impl Element for $ty {
+            #[inline(always)]
+            fn value(self) -> f64 {
+                self.to_f32() as f64
+            }
+
+            #[inline(always)]
+            unsafe fn scan_row<L: Lanes>(row: &[Self], sum: &mut [f64]) -> f64 {
+                scan_f32_lanes::<L, Self>(row, sum)
+            }
+
+            #[inline(always)]
+            unsafe fn emit_row<L: Lanes>(
+                row: &[Self],
+                mean: &Mean,
+                dst: &mut [f32],
+                keep: impl Fn(f64) -> Option<f64>,
+            ) -> bool {
+                emit_f32_lanes::<L, Self>(row, mean, dst, keep)
+            }
+        }
+    };
 }
 
-impl Element for Bf16Bits {
-    #[inline(always)]
-    fn value(self) -> f64 {
-        f32::from_bits((self.0 as u32) << 16) as f64
-    }
-}
-
-impl Element for F16Bits {
-    #[inline(always)]
-    fn value(self) -> f64 {
-        self.to_f32() as f64
-    }
-}
+f32_exact_element!(f32);
+f32_exact_element!(Bf16Bits);
+f32_exact_element!(F16Bits);
 
 impl Element for f64 {
     #[inline(always)]
     fn value(self) -> f64 {
         self
     }
+
+    #[inline(always)]
+    unsafe fn scan_row<L: Lanes>(row: &[f64], sum: &mut [f64]) -> f64 {
+        let mut lanes = [0f64; 8];
+        for (j, (s, &v)) in sum.iter_mut().zip(row).enumerate() {
+            *s += v;
+            lanes[j % 8] += v * v;
+        }
+        lanes.iter().sum()
+    }
+
+    #[inline(always)]
+    unsafe fn emit_row<L: Lanes>(
+        row: &[f64],
+        mean: &Mean,
+        dst: &mut [f32],
+        keep: impl Fn(f64) -> Option<f64>,
+    ) -> bool {
+        emit_f64(row, mean, dst, keep)
+    }
+}
+
+/// Squared norms in this range are computed accurately in f32 lanes (every square that matters
+/// is a normal f32 and no partial sum overflows); outside it the row is redone in f64.
+pub const SAFE_NORM2: std::ops::Range<f64> = 1.0 / (1u64 << 60) as f64..f32::MAX as f64;
+
+/// A head's mean `μ` in f64, and split for the f32 centring: `hi = f32(μ)`, `lo = f32(μ − hi)`,
+/// so `μ = hi + lo` to about 2⁻⁴⁸ relative.
+pub struct Mean {
+    wide: Vec<f64>,
+    hi: Vec<f32>,
+    lo: Vec<f32>,
+}
+
+impl Mean {
+    fn new(wide: Vec<f64>) -> Self {
+        let hi: Vec<f32> = wide.iter().map(|&m| m as f32).collect();
+        let lo = wide
+            .iter()
+            .zip(&hi)
+            .map(|(&m, &h)| (m - h as f64) as f32)
+            .collect();
+        Mean { wide, hi, lo }
+    }
+}
+
+/// [`Element::scan_row`] for f32-exact kinds: the squares in f32 lanes, the sum in f64.
+#[inline(always)]
+unsafe fn scan_f32_lanes<L: Lanes, E: Source>(row: &[E], sum: &mut [f64]) -> f64 {
+    let (w, d) = (L::WIDTH, row.len());
+    let full = d - d % w;
+    let mut squares = L::splat(0.0);
+    for j in (0..full).step_by(w) {
+        let v = E::load::<L>(row.as_ptr().add(j));
+        squares = L::fmadd(v, v, squares);
+        L::add_to_f64(sum.as_mut_ptr().add(j), v);
+    }
+    let mut norm2 = L::dsum(L::dadd(L::dzero(), squares));
+    for j in full..d {
+        let v = row[j].to_f32() as f64;
+        sum[j] += v;
+        norm2 += v * v;
+    }
+    norm2
+}
+
+/// [`Element::emit_row`] for f32-exact kinds: `(x − hi) − lo` in f32 lanes (each step rounds
+/// relative to its result, so `z` carries a few f32 roundings of itself, never of `μ`), the
+/// squared norm from those, then one f32 multiply by the factor. Rows whose squared norm falls
+/// outside [`SAFE_NORM2`] are redone in f64.
+#[inline(always)]
+unsafe fn emit_f32_lanes<L: Lanes, E: Source + Element>(
+    row: &[E],
+    mean: &Mean,
+    dst: &mut [f32],
+    keep: impl Fn(f64) -> Option<f64>,
+) -> bool {
+    let (w, d) = (L::WIDTH, row.len());
+    let full = d - d % w;
+    let (hi, lo, out) = (mean.hi.as_ptr(), mean.lo.as_ptr(), dst.as_mut_ptr());
+    let mut squares = L::splat(0.0);
+    for j in (0..full).step_by(w) {
+        let v = E::load::<L>(row.as_ptr().add(j));
+        let c = L::sub(L::sub(v, L::load_f32(hi.add(j))), L::load_f32(lo.add(j)));
+        L::store(out.add(j), c);
+        squares = L::fmadd(c, c, squares);
+    }
+    let mut norm2 = L::dsum(L::dadd(L::dzero(), squares));
+    for j in full..d {
+        let c = (row[j].to_f32() - mean.hi[j]) - mean.lo[j];
+        dst[j] = c;
+        norm2 += c as f64 * c as f64;
+    }
+    if !SAFE_NORM2.contains(&norm2) {
+        return emit_f64(row, mean, dst, keep);
+    }
+    let Some(factor) = keep(norm2.sqrt()) else {
+        return false;
+    };
+    let f = L::splat(factor as f32);
+    for j in (0..full).step_by(w) {
+        L::store(out.add(j), L::mul(L::load_f32(out.add(j)), f));
+    }
+    for v in &mut dst[full..] {
+        *v *= factor as f32;
+    }
+    true
+}
+
+/// [`Element::emit_row`] in f64: centred values and their norm in f64, `z` rounded once.
+#[inline(always)]
+fn emit_f64<E: Element>(
+    row: &[E],
+    mean: &Mean,
+    dst: &mut [f32],
+    keep: impl Fn(f64) -> Option<f64>,
+) -> bool {
+    let Some(factor) = keep(centred_norm(row, &mean.wide)) else {
+        return false;
+    };
+    for ((o, &r), &m) in dst.iter_mut().zip(row).zip(&mean.wide) {
+        *o = ((r.value() - m) * factor) as f32;
+    }
+    true
 }
 
 /// Which matrix gives the eigenvalues (`matrix.md` §0).
@@ -125,8 +278,8 @@ pub fn matrix_spectrum<E: Element>(
     prep: &Prep,
 ) -> Result<Vec<f64>> {
     let d = shape.d;
-    let units = run_units(x, mask, shape, prep, false, |unit| match &unit.matrix {
-        UnitMatrix::Matrix { a, dim } => eigenvalues_desc(a, *dim, d),
+    let units = run_units(x, mask, shape, prep, false, |unit| match &mut unit.matrix {
+        UnitMatrix::Matrix { a, dim } => eigenvalues_in_place(a, *dim, d),
         _ => Ok(vec![0.0; d]),
     })?;
     Ok(units.concat())
@@ -145,11 +298,11 @@ pub fn matrix_entropy<E: Element>(
     check_entropy_args(args)?;
     let d = shape.d;
     run_units(x, mask, shape, prep, propagate, |unit| {
-        Ok(match &unit.matrix {
+        Ok(match &mut unit.matrix {
             UnitMatrix::Nan => f64::NAN,
             UnitMatrix::Empty => 0.0,
             UnitMatrix::Matrix { a, dim } => {
-                let spectrum = eigenvalues_desc(a, *dim, d)?;
+                let spectrum = eigenvalues_in_place(a, *dim, d)?;
                 spectrum_entropy(&spectrum, unit.rank, args)
             }
         })
@@ -296,7 +449,7 @@ fn run_units<E: Element, T: Send>(
     shape: Shape,
     prep: &Prep,
     propagate: bool,
-    finish: impl Fn(&Unit) -> Result<T> + Sync + Send,
+    finish: impl Fn(&mut Unit) -> Result<T> + Sync + Send,
 ) -> Result<Vec<T>> {
     check_shape(x, mask, shape, prep)?;
     let Shape {
@@ -321,8 +474,13 @@ fn run_units<E: Element, T: Send>(
                     *slot = Some(Scratch::new(d));
                 }
                 let scratch = slot.as_mut().expect("set just above");
-                let unit = unit_matrix(x, mask, group, rows, d, prep, propagate, level, scratch)?;
-                finish(&unit)
+                let mut unit =
+                    unit_matrix(x, mask, group, rows, d, prep, propagate, level, scratch)?;
+                let result = finish(&mut unit);
+                if let UnitMatrix::Matrix { a, .. } = unit.matrix {
+                    scratch.a = a;
+                }
+                result
             })
         },
     );
@@ -340,6 +498,8 @@ struct Scratch {
     d: usize,
     lines: Vec<Line>,
     c: Vec<f64>,
+    /// The unit's `Â`, handed back after each unit.
+    a: Vec<f64>,
 }
 
 thread_local! {
@@ -353,6 +513,7 @@ impl Scratch {
             d,
             lines: vec![Line([0.0; 16]); CHUNK_ROWS * s / 16],
             c: vec![0.0; s * s],
+            a: Vec::new(),
         }
     }
 
@@ -420,7 +581,7 @@ unsafe fn unit_avx2<E: Element>(
 /// Pass-1 facts about one head: valid rows, mean, largest raw row norm, NaN seen.
 struct HeadScan {
     valid: usize,
-    mean: Vec<f64>,
+    mean: Mean,
     max_norm: f64,
     nan: bool,
 }
@@ -463,10 +624,15 @@ fn centred_norm<E: Element>(row: &[E], mean: &[f64]) -> f64 {
     }
 }
 
+/// The indices of the valid rows of a head.
+fn valid_rows(mask: Option<&[u8]>, rows: usize) -> impl Iterator<Item = usize> + '_ {
+    (0..rows).filter(move |&i| mask.is_none_or(|m| m[i] != 0))
+}
+
 /// Pass 1 over one head's valid rows: their count, mean (zeros without centring), largest raw
 /// row norm, and whether one holds NaN; `±inf` is an error.
 #[inline(always)]
-fn scan_head<E: Element>(
+unsafe fn scan_head<L: Lanes, E: Element>(
     x: &[E],
     mask: Option<&[u8]>,
     rows: usize,
@@ -476,24 +642,24 @@ fn scan_head<E: Element>(
     let zeros = vec![0f64; d];
     let mut sum = vec![0f64; d];
     let (mut valid, mut max_norm, mut nan) = (0usize, 0f64, false);
-    for i in (0..rows).filter(|&i| mask.is_none_or(|m| m[i] != 0)) {
+    for i in valid_rows(mask, rows) {
         let row = &x[i * d..(i + 1) * d];
-        let mut norm2 = centred_squares(row, &zeros);
-        if !norm2.is_finite() {
+        let norm2 = E::scan_row::<L>(row, &mut sum);
+        let norm = if SAFE_NORM2.contains(&norm2) {
+            norm2.sqrt()
+        } else {
             if row.iter().any(|v| v.value().is_nan()) {
+                // `sum` now holds NaN, but a head with NaN yields no matrix.
                 nan = true;
                 continue;
             }
             if row.iter().any(|v| v.value().is_infinite()) {
                 return Err(Error::value("x", format!("row {i} holds ±inf")));
             }
-            norm2 = scaled_norm(row, &zeros).powi(2);
-        }
+            centred_norm(row, &zeros)
+        };
         valid += 1;
-        max_norm = max_norm.max(norm2.sqrt());
-        for (s, &v) in sum.iter_mut().zip(row) {
-            *s += v.value();
-        }
+        max_norm = max_norm.max(norm);
     }
     if valid == 0 && !nan {
         return Err(Error::value("mask", "a token set has no valid row (n = 0)"));
@@ -506,50 +672,32 @@ fn scan_head<E: Element>(
     };
     Ok(HeadScan {
         valid,
-        mean,
+        mean: Mean::new(mean),
         max_norm,
         nan,
     })
 }
 
-/// Pass 2: `emit(dst, row, factor)` for each kept row: the caller writes
-/// `z_j = (x_j − μ_j) · factor` as f32, `factor` being `1/‖x − μ‖` (row normalisation) or
+/// Pass 2, one valid row: write `z = (x − μ) · factor` to `dst` unless the row is dropped
+/// (`‖x − μ‖ ≤ zero_tol · max_j ‖x_j‖`); `factor` is `1/‖x − μ‖` (row normalisation) or
 /// `1/max_j ‖x_j‖` (a common factor that cancels in `Â` and keeps f32 products in range).
-/// Returns the number of kept rows.
 #[inline(always)]
-fn emit_rows<E: Element>(
-    x: &[E],
-    mask: Option<&[u8]>,
-    rows: usize,
-    d: usize,
+unsafe fn emit<L: Lanes, E: Element>(
+    row: &[E],
     scan: &HeadScan,
     prep: &Prep,
-    mut emit: impl FnMut(&[E], f64),
-) -> usize {
+    dst: &mut [f32],
+) -> bool {
     let tol = prep.zero_tol * scan.max_norm;
-    let mut kept = 0;
-    for i in (0..rows).filter(|&i| mask.is_none_or(|m| m[i] != 0)) {
-        let row = &x[i * d..(i + 1) * d];
-        let norm = centred_norm(row, &scan.mean);
-        if norm > tol && norm > 0.0 {
-            kept += 1;
-            let factor = if prep.row_normalize {
+    E::emit_row::<L>(row, &scan.mean, dst, |norm| {
+        (norm > tol && norm > 0.0).then(|| {
+            if prep.row_normalize {
                 1.0 / norm
             } else {
                 1.0 / scan.max_norm
-            };
-            emit(row, factor);
-        }
-    }
-    kept
-}
-
-/// `dst_j = ((x_j − μ_j) · factor)` as f32.
-#[inline(always)]
-fn write_row<E: Element>(dst: &mut [f32], row: &[E], mean: &[f64], factor: f64) {
-    for ((o, &r), &m) in dst.iter_mut().zip(row).zip(mean) {
-        *o = ((r.value() - m) * factor) as f32;
-    }
+            }
+        })
+    })
 }
 
 #[inline(always)]
@@ -572,7 +720,7 @@ unsafe fn unit<L: Lanes, E: Element>(
     let mut scans = Vec::with_capacity(group);
     for h in 0..group {
         let (xh, mh) = head(h);
-        scans.push(scan_head(xh, mh, rows, d, prep.center)?);
+        scans.push(scan_head::<L, E>(xh, mh, rows, d, prep.center)?);
     }
     if scans.iter().any(|s| s.nan) {
         if !propagate {
@@ -607,16 +755,21 @@ unsafe fn unit<L: Lanes, E: Element>(
             let (xh, mh) = head(h);
             let start = scale.len();
             let mut frob2 = 0f64;
-            let n = emit_rows(xh, mh, rows, d, scan, prep, |row, f| {
+            let mut n = 0;
+            for i in valid_rows(mh, rows) {
                 let base = z.len();
                 z.resize(base + s, 0.0);
-                write_row(&mut z[base..base + d], row, &scan.mean, f);
-                frob2 += z[base..base + d]
-                    .iter()
-                    .map(|&v| v as f64 * v as f64)
-                    .sum::<f64>();
-                scale.push(1.0);
-            });
+                if emit::<L, E>(&xh[i * d..(i + 1) * d], scan, prep, &mut z[base..base + d]) {
+                    n += 1;
+                    frob2 += z[base..base + d]
+                        .iter()
+                        .map(|&v| v as f64 * v as f64)
+                        .sum::<f64>();
+                    scale.push(1.0);
+                } else {
+                    z.truncate(base);
+                }
+            }
             for f in &mut scale[start..] {
                 *f = 1.0 / frob2.sqrt();
             }
@@ -625,25 +778,25 @@ unsafe fn unit<L: Lanes, E: Element>(
         let m = scale.len();
         (m > 0).then(|| (gram_lower(&z, &scale, s, d), m))
     } else {
-        let mut sum = vec![0f64; d * d];
+        let mut sum = std::mem::take(&mut scratch.a);
+        sum.clear();
+        sum.resize(d * d, 0.0);
         let mut heads_left = 0usize;
         for (h, scan) in scans.iter().enumerate() {
             let (xh, mh) = head(h);
             scratch.c.fill(0.0);
-            let mut fill = 0usize;
-            let n = emit_rows(xh, mh, rows, d, scan, prep, |row, f| {
-                write_row(
-                    &mut scratch.chunk()[fill * s..fill * s + d],
-                    row,
-                    &scan.mean,
-                    f,
-                );
-                fill += 1;
-                if fill == CHUNK_ROWS {
-                    flush::<L>(scratch, fill, d);
-                    fill = 0;
+            let (mut fill, mut n) = (0usize, 0usize);
+            for i in valid_rows(mh, rows) {
+                let dst = &mut scratch.chunk()[fill * s..fill * s + d];
+                if emit::<L, E>(&xh[i * d..(i + 1) * d], scan, prep, dst) {
+                    n += 1;
+                    fill += 1;
+                    if fill == CHUNK_ROWS {
+                        flush::<L>(scratch, fill, d);
+                        fill = 0;
+                    }
                 }
-            });
+            }
             if fill > 0 {
                 flush::<L>(scratch, fill, d);
             }

@@ -19,6 +19,7 @@ pub mod state;
 pub mod tile;
 pub mod token;
 pub mod topk;
+pub mod tridiag;
 
 #[cfg(test)]
 mod tests;

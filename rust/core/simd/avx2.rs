@@ -94,6 +94,13 @@ impl Lanes for Avx2 {
         lanes.iter().sum()
     }
     #[inline(always)]
+    unsafe fn add_to_f64(p: *mut f64, v: __m256) {
+        let lo = _mm256_cvtps_pd(_mm256_castps256_ps128(v));
+        let hi = _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(v));
+        _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), lo));
+        _mm256_storeu_pd(p.add(4), _mm256_add_pd(_mm256_loadu_pd(p.add(4)), hi));
+    }
+    #[inline(always)]
     unsafe fn flag_none() -> __m256 {
         _mm256_setzero_ps()
     }

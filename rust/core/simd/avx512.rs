@@ -96,6 +96,15 @@ impl Lanes for Avx512 {
         lanes.iter().sum()
     }
     #[inline(always)]
+    unsafe fn add_to_f64(p: *mut f64, v: __m512) {
+        let lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        let hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+            _mm512_castps_pd(v),
+        )));
+        _mm512_storeu_pd(p, _mm512_add_pd(_mm512_loadu_pd(p), lo));
+        _mm512_storeu_pd(p.add(8), _mm512_add_pd(_mm512_loadu_pd(p.add(8)), hi));
+    }
+    #[inline(always)]
     unsafe fn flag_none() -> __mmask16 {
         0
     }

@@ -61,6 +61,8 @@ pub trait Lanes: Copy {
     unsafe fn dadd(acc: Self::D, v: Self::V) -> Self::D;
     /// Sum of the f64 lanes in lane order.
     unsafe fn dsum(acc: Self::D) -> f64;
+    /// `p[i] += widen(v[i])` for the `WIDTH` f64 at `p` (valid for `WIDTH` reads and writes).
+    unsafe fn add_to_f64(p: *mut f64, v: Self::V);
     unsafe fn flag_none() -> Self::Flag;
     /// Record lanes that are NaN or +inf.
     unsafe fn flag_bad(flag: Self::Flag, x: Self::V) -> Self::Flag;

@@ -87,6 +87,10 @@ impl Lanes for Scalar {
         acc
     }
     #[inline(always)]
+    unsafe fn add_to_f64(p: *mut f64, v: f32) {
+        *p += v as f64
+    }
+    #[inline(always)]
     unsafe fn flag_none() -> bool {
         false
     }

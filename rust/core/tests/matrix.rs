@@ -191,6 +191,33 @@ fn symmetric_eigenvalues_match_jacobi_on_random_matrices() {
     }
 }
 
+#[test]
+fn eigenvalues_scale_exactly_with_tiny_and_huge_matrices() {
+    // The reduction rescales by a power of two: entries near the ends of the f64 range give the
+    // same relative spectrum (squares of 1e-200 would underflow, of 1e200 overflow, unscaled).
+    let mut rng = Rng::new(11);
+    let n = 24;
+    let b: Vec<f64> = (0..n * n).map(|_| rng.normal()).collect();
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..=i {
+            a[i * n + j] = (0..n).map(|k| b[k * n + i] * b[k * n + j]).sum();
+        }
+    }
+    let base = eigenvalues_desc(&a, n, n).unwrap();
+    for scale in [1e-200, 2f64.powi(-1000), 1e200, 3.0e-310] {
+        let scaled: Vec<f64> = a.iter().map(|v| v * scale).collect();
+        let got = eigenvalues_desc(&scaled, n, n).unwrap();
+        for (g, w) in got.iter().zip(&base) {
+            let want = w * scale;
+            assert!(
+                (g - want).abs() <= 1e-12 * base[0] * scale,
+                "{scale}: {g} vs {want}"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Known spectra on every kind and level
 // ---------------------------------------------------------------------------------------------

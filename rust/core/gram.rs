@@ -11,6 +11,13 @@ use crate::core::simd::Lanes;
 /// ~3e-6 of the float64 value (256 rows gave 2e-5, above the 1e-5 target) at no measurable cost.
 pub const CHUNK_ROWS: usize = 32;
 
+/// Chunks whose f32 sums are first added in an f32 matrix (one f32 load, add and store per
+/// vector) before that matrix goes into the f64 one (two conversions, two f64 loads, adds and
+/// stores per vector). Each of these additions rounds once relative to a running total of at
+/// most this many chunks, so a group of `8 · 32` rows carries about `32 + 8` f32 roundings
+/// instead of the `256` of one long f32 sum.
+pub const WIDEN_EVERY: usize = 8;
+
 /// Rows of `C` per register tile below the diagonal blocks.
 const MR: usize = 6;
 /// Vectors of columns per register tile.
@@ -28,7 +35,9 @@ pub fn padded(d: usize) -> usize {
 /// the diagonal and the padding rows/columns are written too and must be ignored).
 ///
 /// `z` holds `rows ≤ CHUNK_ROWS` packed rows of stride `s = padded(d)`, zero past column `d`;
-/// `c` is `s × s`. The products of a chunk are summed in f32 lanes and added to `c` in f64.
+/// `mid` (f32) and `c` (f64) are `s × s`. The products of a chunk are summed in f32 lanes and
+/// added to `mid`; with `widen`, `mid` plus the chunk's sums go into `c` and `mid` is zeroed
+/// (`rows = 0` with `widen` moves `mid` alone).
 ///
 /// Columns go in blocks of `NV` vectors. In a block's own rows, the rows of its first vector's
 /// span take only that vector and the next rows take both (tiles of up to 4 rows); the rows
@@ -36,14 +45,30 @@ pub fn padded(d: usize) -> usize {
 /// the products at `d = 128` fall above the diagonal or past `d`.
 ///
 /// # Safety
-/// The CPU must support `L`; `z.len() ≥ rows·s`, `c.len() ≥ s·s`, `s = padded(d)`.
+/// The CPU must support `L`; `z.len() ≥ rows·s`, `mid.len() ≥ s·s`, `c.len() ≥ s·s`,
+/// `s = padded(d)`.
 #[inline(always)]
-pub unsafe fn accumulate_lower<L: Lanes>(z: &[f32], rows: usize, d: usize, c: &mut [f64]) {
+pub unsafe fn accumulate_lower<L: Lanes>(
+    z: &[f32],
+    rows: usize,
+    d: usize,
+    mid: &mut [f32],
+    c: &mut [f64],
+    widen: bool,
+) {
     let s = padded(d);
-    debug_assert!(z.len() >= rows * s && c.len() >= s * s && rows <= CHUNK_ROWS);
+    assert!(z.len() >= rows * s && mid.len() >= s * s && c.len() >= s * s);
+    debug_assert!(rows <= CHUNK_ROWS);
     let w = L::WIDTH;
     let bw = NV * w;
-    let (zp, cp) = (z.as_ptr(), c.as_mut_ptr());
+    let (zp, out) = (
+        z.as_ptr(),
+        Out {
+            mid: mid.as_mut_ptr(),
+            c: c.as_mut_ptr(),
+            widen,
+        },
+    );
     let mut b0 = 0;
     while b0 < d {
         for v in 0..NV {
@@ -51,15 +76,15 @@ pub unsafe fn accumulate_lower<L: Lanes>(z: &[f32], rows: usize, d: usize, c: &m
             if w % 4 == 0 {
                 for a0 in (first..end).step_by(4) {
                     match v {
-                        0 => tile::<L, 4, 1>(zp, rows, s, a0, b0, cp),
-                        _ => tile::<L, 4, NV>(zp, rows, s, a0, b0, cp),
+                        0 => tile::<L, 4, 1>(zp, rows, s, a0, b0, out),
+                        _ => tile::<L, 4, NV>(zp, rows, s, a0, b0, out),
                     }
                 }
             } else {
                 for a0 in first..end {
                     match v {
-                        0 => tile::<L, 1, 1>(zp, rows, s, a0, b0, cp),
-                        _ => tile::<L, 1, NV>(zp, rows, s, a0, b0, cp),
+                        0 => tile::<L, 1, 1>(zp, rows, s, a0, b0, out),
+                        _ => tile::<L, 1, NV>(zp, rows, s, a0, b0, out),
                     }
                 }
             }
@@ -67,9 +92,9 @@ pub unsafe fn accumulate_lower<L: Lanes>(z: &[f32], rows: usize, d: usize, c: &m
         let mut a0 = b0 + bw;
         while a0 < d {
             if d - a0 <= 4 {
-                tile::<L, 4, NV>(zp, rows, s, a0, b0, cp);
+                tile::<L, 4, NV>(zp, rows, s, a0, b0, out);
             } else {
-                tile::<L, MR, NV>(zp, rows, s, a0, b0, cp);
+                tile::<L, MR, NV>(zp, rows, s, a0, b0, out);
             }
             a0 += MR;
         }
@@ -77,8 +102,17 @@ pub unsafe fn accumulate_lower<L: Lanes>(z: &[f32], rows: usize, d: usize, c: &m
     }
 }
 
-/// One register tile: `c[(a0 + r)·s + b0 + j] += Σ_i z[i·s + a0 + r] · z[i·s + b0 + j]` for
-/// `r < R`, `j < V·WIDTH`, summed in f32 lanes over the chunk's rows, then added in f64.
+/// Where a tile's sums go: the f32 matrix, and with `widen` on into the f64 one.
+#[derive(Copy, Clone)]
+struct Out {
+    mid: *mut f32,
+    c: *mut f64,
+    widen: bool,
+}
+
+/// One register tile: the sums `Σ_i z[i·s + a0 + r] · z[i·s + b0 + j]` for `r < R`,
+/// `j < V·WIDTH`, in f32 lanes over the chunk's rows, added at `(a0 + r)·s + b0 + j` as
+/// [`accumulate_lower`] says.
 #[inline(always)]
 unsafe fn tile<L: Lanes, const R: usize, const V: usize>(
     zp: *const f32,
@@ -86,7 +120,7 @@ unsafe fn tile<L: Lanes, const R: usize, const V: usize>(
     s: usize,
     a0: usize,
     b0: usize,
-    cp: *mut f64,
+    out: Out,
 ) {
     let w = L::WIDTH;
     let mut acc = [[L::splat(0.0); V]; R];
@@ -105,7 +139,14 @@ unsafe fn tile<L: Lanes, const R: usize, const V: usize>(
     }
     for r in 0..R {
         for v in 0..V {
-            L::add_to_f64(cp.add((a0 + r) * s + b0 + v * w), acc[r][v]);
+            let at = (a0 + r) * s + b0 + v * w;
+            let sum = L::add(acc[r][v], L::load_f32(out.mid.add(at)));
+            if out.widen {
+                L::store(out.mid.add(at), L::splat(0.0));
+                L::add_to_f64(out.c.add(at), sum);
+            } else {
+                L::store(out.mid.add(at), sum);
+            }
         }
     }
 }

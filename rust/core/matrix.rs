@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use crate::core::dtype::{Bf16Bits, F16Bits, Source};
 use crate::core::eigen::eigenvalues_in_place;
 use crate::core::error::{Error, Result};
-use crate::core::gram::{accumulate_lower, gram_lower, padded, CHUNK_ROWS};
+use crate::core::gram::{accumulate_lower, gram_lower, padded, CHUNK_ROWS, WIDEN_EVERY};
 use crate::core::pool;
 use crate::core::simd::{self, Lanes, Level, Scalar};
 #[cfg(target_arch = "x86_64")]
@@ -497,6 +497,8 @@ struct Line([f32; 16]);
 struct Scratch {
     d: usize,
     lines: Vec<Line>,
+    /// f32 sums of up to `WIDEN_EVERY` chunks (all zeros between heads).
+    mid: Vec<f32>,
     c: Vec<f64>,
     /// The unit's `Â`, handed back after each unit.
     a: Vec<f64>,
@@ -512,6 +514,7 @@ impl Scratch {
         Scratch {
             d,
             lines: vec![Line([0.0; 16]); CHUNK_ROWS * s / 16],
+            mid: vec![0.0; s * s],
             c: vec![0.0; s * s],
             a: Vec::new(),
         }
@@ -785,20 +788,21 @@ unsafe fn unit<L: Lanes, E: Element>(
         for (h, scan) in scans.iter().enumerate() {
             let (xh, mh) = head(h);
             scratch.c.fill(0.0);
-            let (mut fill, mut n) = (0usize, 0usize);
+            let (mut fill, mut n, mut chunks) = (0usize, 0usize, 0usize);
             for i in valid_rows(mh, rows) {
                 let dst = &mut scratch.chunk()[fill * s..fill * s + d];
                 if emit::<L, E>(&xh[i * d..(i + 1) * d], scan, prep, dst) {
                     n += 1;
                     fill += 1;
                     if fill == CHUNK_ROWS {
-                        flush::<L>(scratch, fill, d);
+                        chunks += 1;
+                        flush::<L>(scratch, fill, d, chunks % WIDEN_EVERY == 0);
                         fill = 0;
                     }
                 }
             }
-            if fill > 0 {
-                flush::<L>(scratch, fill, d);
+            if fill > 0 || chunks % WIDEN_EVERY != 0 {
+                flush::<L>(scratch, fill, d, true);
             }
             rank += rank_of(n);
             if n == 0 {
@@ -831,13 +835,14 @@ unsafe fn unit<L: Lanes, E: Element>(
     })
 }
 
-/// Add the second moments of the `rows` packed rows of the chunk to `scratch.c`.
+/// Add the second moments of the `rows` packed rows of the chunk to `scratch.mid`, and with
+/// `widen` move `scratch.mid` into `scratch.c` ([`accumulate_lower`]).
 #[inline(always)]
-unsafe fn flush<L: Lanes>(scratch: &mut Scratch, rows: usize, d: usize) {
+unsafe fn flush<L: Lanes>(scratch: &mut Scratch, rows: usize, d: usize, widen: bool) {
     let len = scratch.lines.len() * 16;
-    // SAFETY: as in `Scratch::chunk`; `c` is a different buffer.
+    // SAFETY: as in `Scratch::chunk`; `mid` and `c` are different buffers.
     let chunk = std::slice::from_raw_parts(scratch.lines.as_ptr() as *const f32, len);
-    accumulate_lower::<L>(chunk, rows, d, &mut scratch.c);
+    accumulate_lower::<L>(chunk, rows, d, &mut scratch.mid, &mut scratch.c, widen);
 }
 
 /// `‖Â‖_F²` from the lower triangle.

@@ -183,7 +183,33 @@ fn householder_tridiagonal<M: Quad>(
         let lo = k + 1;
         let tau = reflector(a, n, k, &mut vn, &mut off[k]);
         wn[lo..n].fill(0.0);
-        for i in lo..n {
+        // Rows in pairs (shared loads of v, w, vn and wn), the odd one alone.
+        let mut i = lo;
+        while i + 1 < n {
+            let (head, tail) = a.split_at_mut((i + 1) * n);
+            let r1 = &mut head[i * n + lo..i * n + i + 1];
+            let r2 = &mut tail[lo..i + 2];
+            let (p1, p2) = ((v[i], w[i], vn[i]), (v[i + 1], w[i + 1], vn[i + 1]));
+            let (d1, d2) = update_and_multiply_pair::<M>(
+                (&mut r1[..i - lo], &mut r2[..i - lo]),
+                (&v[lo..i], &w[lo..i], &vn[lo..i]),
+                &mut wn[lo..i],
+                (p1, p2),
+            );
+            // Row i's diagonal, then row i + 1's entries i and i + 1, in the sequential order.
+            let x = &mut r1[i - lo];
+            *x = M::mul_add(-p1.1, v[i], M::mul_add(-p1.0, w[i], *x));
+            wn[i] += M::mul_add(*x, p1.2, d1);
+            let x = &mut r2[i - lo];
+            *x = M::mul_add(-p2.1, v[i], M::mul_add(-p2.0, w[i], *x));
+            let d2 = M::mul_add(*x, vn[i], d2);
+            wn[i] = M::mul_add(*x, p2.2, wn[i]);
+            let x = &mut r2[i + 1 - lo];
+            *x = M::mul_add(-p2.1, v[i + 1], M::mul_add(-p2.0, w[i + 1], *x));
+            wn[i + 1] += M::mul_add(*x, p2.2, d2);
+            i += 2;
+        }
+        if i < n {
             let (vi, wi, vni) = (v[i], w[i], vn[i]);
             let row = &mut a[i * n + lo..i * n + i + 1];
             let (seg, diagonal) = row.split_at_mut(i - lo);
@@ -283,6 +309,54 @@ fn update_and_multiply<M: Quad>(
         wn[j] = M::mul_add(x, vni, wn[j]);
     }
     M::sum(acc) + tail
+}
+
+/// [`update_and_multiply`] for two consecutive rows `i` and `i + 1` over their common columns
+/// `j < i`: each row updated by its own `(v, w)` entries, `wn_j` takes row `i`'s term and then
+/// row `i + 1`'s; returns both rows' sums `Σ r_j vn_j`.
+#[inline(always)]
+fn update_and_multiply_pair<M: Quad>(
+    (r1, r2): (&mut [f64], &mut [f64]),
+    (v, w, vn): (&[f64], &[f64], &[f64]),
+    wn: &mut [f64],
+    ((v1, w1, vn1), (v2, w2, vn2)): ((f64, f64, f64), (f64, f64, f64)),
+) -> (f64, f64) {
+    let len = r1.len();
+    assert!(r2.len() == len && v.len() == len && w.len() == len);
+    assert!(vn.len() == len && wn.len() == len);
+    let full = len - len % 4;
+    let (nv1, nw1, svn1) = (M::splat(-v1), M::splat(-w1), M::splat(vn1));
+    let (nv2, nw2, svn2) = (M::splat(-v2), M::splat(-w2), M::splat(vn2));
+    let (mut acc1, mut acc2) = (M::splat(0.0), M::splat(0.0));
+    for j in (0..full).step_by(4) {
+        // SAFETY: j + 4 ≤ len for every slice (checked above).
+        unsafe {
+            let (wj, vj, vnj) = (
+                M::load(w.as_ptr().add(j)),
+                M::load(v.as_ptr().add(j)),
+                M::load(vn.as_ptr().add(j)),
+            );
+            let x1 = M::fma(nw1, vj, M::fma(nv1, wj, M::load(r1.as_ptr().add(j))));
+            let x2 = M::fma(nw2, vj, M::fma(nv2, wj, M::load(r2.as_ptr().add(j))));
+            M::store(r1.as_mut_ptr().add(j), x1);
+            M::store(r2.as_mut_ptr().add(j), x2);
+            acc1 = M::fma(x1, vnj, acc1);
+            acc2 = M::fma(x2, vnj, acc2);
+            let wnj = wn.as_mut_ptr().add(j);
+            M::store(wnj, M::fma(x2, svn2, M::fma(x1, svn1, M::load(wnj))));
+        }
+    }
+    let (mut t1, mut t2) = (0.0, 0.0);
+    for j in full..len {
+        let x1 = M::mul_add(-w1, v[j], M::mul_add(-v1, w[j], r1[j]));
+        let x2 = M::mul_add(-w2, v[j], M::mul_add(-v2, w[j], r2[j]));
+        r1[j] = x1;
+        r2[j] = x2;
+        t1 = M::mul_add(x1, vn[j], t1);
+        t2 = M::mul_add(x2, vn[j], t2);
+        wn[j] = M::mul_add(x2, vn2, M::mul_add(x1, vn1, wn[j]));
+    }
+    (M::sum(acc1) + t1, M::sum(acc2) + t2)
 }
 
 /// `Σ x_j y_j` in four fixed lanes.

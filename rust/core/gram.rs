@@ -1,11 +1,12 @@
 //! Second-moment kernels of `matrix.md` §0: the lower triangle of `ZᵀZ` for a chunk of at most
-//! [`CHUNK_ROWS`] f32 rows, multiplied in f32 registers and added to an f64 matrix once per chunk,
-//! and the small f64 Gram matrix `ZZᵀ` of the `n < d` route.
+//! [`CHUNK_ROWS`] f32 rows, multiplied in f32 registers, gathered in an f32 matrix over
+//! [`WIDEN_EVERY`] chunks and then added to an f64 matrix; and the small f64 Gram matrix `ZZᵀ`
+//! of the `n < d` route.
 
 use crate::core::simd::Lanes;
 
-/// Rows per f32 partial product (`matrix.md` §0 allows ≤ 1024); each chunk's f32 sums are
-/// added to the f64 matrix, so f32 rounding accumulates over at most this many products. The
+/// Rows per f32 partial product (`matrix.md` §0 allows ≤ 1024): f32 rounding accumulates over
+/// at most this many products in a register before the chunk's sums leave it. The
 /// rounding of a chunk's sums perturbs `Â` at first order, which shows most on a rank-one set
 /// (its zero eigenvalues become ~1e-7 · chunk): 32 rows keep that set's normalised entropy within
 /// ~3e-6 of the float64 value (256 rows gave 2e-5, above the 1e-5 target) at no measurable cost.

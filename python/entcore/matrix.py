@@ -5,12 +5,12 @@ precision as its 16-bit pattern, no float32 copy of the input). Per head (every 
 the core takes the mean over the valid tokens in float64, centres (in float32 lanes against the
 mean split into two float32 parts, or in float64 for float64 input), drops zero-norm rows,
 L2-normalises rows, forms the lower triangle of ``A = (1/n) Σ z zᵀ`` by float32 products over
-chunks of 32 rows added in float64, divides by the trace and takes the eigenvalues with a
-float64 symmetric eigensolver (Householder tridiagonalisation, one fused pass per reflection
-up to d = 768 and faer's blocked reduction above, then root-free QL; never an SVD). Heads run
-in parallel on entcore's pool with the GIL released;
-results do not depend on the thread count. For ``n < d`` (``method="auto"``) the ``n × n`` Gram
-matrix gives the same nonzero spectrum.
+chunks of 32 rows, gathered in float32 over groups of 8 chunks and added in float64, divides by
+the trace and takes the eigenvalues with a float64 symmetric eigensolver (Householder
+tridiagonalisation, one fused pass per reflection up to d = 768 and faer's blocked reduction
+above, then root-free QL; never an SVD). Heads run in parallel on entcore's pool with the GIL
+released; results do not depend on the thread count. For ``n < d`` (``method="auto"``) the
+``n × n`` Gram matrix gives the same nonzero spectrum.
 
 Entropies are float32, spectra float64 (``matrix.md`` §0). Names, arguments, defaults and the
 decisions where the spec is silent are those of :mod:`entcore.reference.matrix`;

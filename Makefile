@@ -7,6 +7,10 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.entcore-deps
 export PYO3_PYTHON := $(abspath $(PY))
+# torch's CUDA wheels are hundreds of MB: let pip (also when maturin calls it) resume an
+# interrupted download more often than its default 5 times.
+export PIP_RESUME_RETRIES := 30
+export PIP_RETRIES := 10
 
 .PHONY: demo test setup build lint test-rust test-python bench
 

@@ -273,6 +273,7 @@ def _worker(rank: int, init: str, data_path: str, out_path: str) -> None:
     if rank in PAIR:
         results[len(PAIR)] = _run_cases(cases, pair, calls)
     torch.save(results, out_path)
+    dist.barrier()  # no rank tears gloo down while a peer is still talking to it
     dist.destroy_process_group()
 
 

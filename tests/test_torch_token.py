@@ -1069,6 +1069,7 @@ _TP_WORKER = textwrap.dedent(
     ((w[0] * lp).sum() + (w[1] * h).sum() + (w[2] * c).sum()).backward()
     torch.save({"lp": lp, "h": h, "c": c, "dh": hidden.grad, "dw": weight.grad,
                 "db": bias.grad}, out)
+    dist.barrier()  # no rank tears gloo down while a peer is still talking to it
     dist.destroy_process_group()
     """
 )

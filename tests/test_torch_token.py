@@ -1075,48 +1075,29 @@ _TP_WORKER = textwrap.dedent(
 )
 
 
-def test_linear_vocab_parallel_gloo(tmp_path):
-    """Tensor-parallel vocabulary shards over gloo, 2 processes (``token.md`` §8.2)."""
-    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
-        if TORCH_REQUIRED:
-            raise RuntimeError("torch.distributed with gloo is not available")
-        pytest.skip("torch.distributed with gloo is not available")
-    hidden, weight, bias, labels = _linear_case(torch.float64, n=6, vocab=11, dim=5)
+def check_vocab_parallel(tmp_path, dtype, *, timeout: float, tol: float, grad_tol: float) -> None:
+    """Two gloo processes, each holding an unequal vocabulary shard of the LM head (masked
+    entries in both), run :data:`_TP_WORKER`; each rank's log-probs, entropies, collisions and
+    gradients must equal the one-process result (its shard of the weight and bias gradients)."""
+    hidden, weight, bias, labels = _linear_case(dtype, n=6, vocab=11, dim=5)
     bias[8] = -INF  # masked entries in both shards
-    gen = torch.Generator().manual_seed(9)
-    weights = torch.randn(3, 6, generator=gen, dtype=torch.float64)
+    weights = torch.randn(3, 6, generator=torch.Generator().manual_seed(9), dtype=dtype)
     bounds = [0, 4, 11]  # unequal shards
-    data = {
-        "hidden": hidden,
-        "weight": weight,
-        "bias": bias,
-        "labels": labels,
-        "weights": weights,
-        "bounds": bounds,
-    }
-    torch.save(data, tmp_path / "data.pt")
+    data = {"hidden": hidden, "weight": weight, "bias": bias, "labels": labels}
+    torch.save(data | {"weights": weights, "bounds": bounds}, tmp_path / "data.pt")
     init = f"file://{tmp_path / 'rendezvous'}"
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                _TP_WORKER,
-                str(rank),
-                "2",
-                init,
-                str(tmp_path / f"out{rank}.pt"),
-                str(tmp_path / "data.pt"),
-            ],
+            [sys.executable, "-c", _TP_WORKER, str(rank), "2", init]
+            + [str(tmp_path / f"out{rank}.pt"), str(tmp_path / "data.pt")],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
         for rank in range(2)
     ]
     for proc in procs:
-        output, _ = proc.communicate(timeout=120)
+        output, _ = proc.communicate(timeout=timeout)
         assert proc.returncode == 0, output.decode()
-
     params = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
     lp, h, c = et.token_logprob_entropy_linear(
         params[0],
@@ -1132,10 +1113,19 @@ def test_linear_vocab_parallel_gloo(tmp_path):
         got = torch.load(tmp_path / f"out{rank}.pt")
         lo, hi = bounds[rank], bounds[rank + 1]
         for name, expected in (("lp", lp), ("h", h), ("c", c)):
-            torch.testing.assert_close(got[name], expected, rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(got["dh"], params[0].grad, rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(got["dw"], params[1].grad[lo:hi], rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(got["db"], params[2].grad[lo:hi], rtol=1e-9, atol=1e-9)
+            torch.testing.assert_close(got[name], expected, rtol=tol, atol=tol)
+        torch.testing.assert_close(got["dh"], params[0].grad, rtol=grad_tol, atol=grad_tol)
+        torch.testing.assert_close(got["dw"], params[1].grad[lo:hi], rtol=grad_tol, atol=grad_tol)
+        torch.testing.assert_close(got["db"], params[2].grad[lo:hi], rtol=grad_tol, atol=grad_tol)
+
+
+def test_linear_vocab_parallel_gloo(tmp_path):
+    """Tensor-parallel vocabulary shards over gloo, 2 processes (``token.md`` §8.2)."""
+    if not torch.distributed.is_available() or not torch.distributed.is_gloo_available():
+        if TORCH_REQUIRED:
+            raise RuntimeError("torch.distributed with gloo is not available")
+        pytest.skip("torch.distributed with gloo is not available")
+    check_vocab_parallel(tmp_path, torch.float64, timeout=120, tol=1e-6, grad_tol=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------

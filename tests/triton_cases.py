@@ -16,15 +16,13 @@ from helpers import require_torch
 torch = require_torch()
 
 import math  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from test_torch_token import (  # noqa: E402
-    _TP_WORKER,
     _linear_case,
     assert_close,
+    check_vocab_parallel,
     finite_labels,
     make_logits,
     np64,
@@ -343,41 +341,4 @@ def test_linear_tiles_and_splits(splits):
 def test_linear_vocab_parallel_gloo(tmp_path):
     """Tensor-parallel vocabulary shards (2 gloo processes, unequal shards, masked entries in
     both): each rank's Triton partial state, merged across ranks, equals the one-process result."""
-    hidden, weight, bias, labels = _linear_case(torch.float32, n=6, vocab=11, dim=5)
-    bias[8] = -INF
-    weights = torch.randn(3, 6, generator=torch.Generator().manual_seed(9))
-    bounds = [0, 4, 11]
-    data = {"hidden": hidden, "weight": weight, "bias": bias, "labels": labels}
-    torch.save(data | {"weights": weights, "bounds": bounds}, tmp_path / "data.pt")
-    init = f"file://{tmp_path / 'rendezvous'}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", _TP_WORKER, str(rank), "2", init]
-            + [str(tmp_path / f"out{rank}.pt"), str(tmp_path / "data.pt")],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        for rank in range(2)
-    ]
-    for proc in procs:
-        output, _ = proc.communicate(timeout=300)
-        assert proc.returncode == 0, output.decode()
-    params = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
-    lp, h, c = et.token_logprob_entropy_linear(
-        params[0],
-        params[1],
-        labels,
-        temperature=0.8,
-        bias=params[2],
-        ignore_index=-100,
-        return_collision=True,
-    )
-    ((weights[0] * lp).sum() + (weights[1] * h).sum() + (weights[2] * c).sum()).backward()
-    for rank in range(2):
-        got = torch.load(tmp_path / f"out{rank}.pt")
-        lo, hi = bounds[rank], bounds[rank + 1]
-        for name, expected in (("lp", lp), ("h", h), ("c", c)):
-            torch.testing.assert_close(got[name], expected, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got["dh"], params[0].grad, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got["dw"], params[1].grad[lo:hi], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(got["db"], params[2].grad[lo:hi], rtol=1e-5, atol=1e-5)
+    check_vocab_parallel(tmp_path, torch.float32, timeout=300, tol=1e-5, grad_tol=1e-5)

@@ -24,7 +24,7 @@ pub const FUSED_MAX_DIM: usize = 768;
 /// applied as `A ← A − v wᵀ − w vᵀ` with `w = τ A v − (τ²/2)(vᵀ A v) v` (LAPACK `dsytd2`, lower).
 /// One pass over the trailing block per reflection: each row segment is updated by the pending
 /// reflection and, while in registers, multiplied by the next reflection's vector. Reductions
-/// run in four fixed lanes.
+/// run in four fixed lanes. Above [`FUSED_MAX_DIM`], faer's blocked reduction (scale 1).
 pub fn tridiagonalize(a: &mut [f64], n: usize, diag: &mut [f64], off: &mut [f64]) -> f64 {
     if n > FUSED_MAX_DIM {
         faer_tridiagonal(a, n, diag, off);
